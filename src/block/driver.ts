@@ -1,0 +1,80 @@
+/**
+ * The contract between the generic block layer and a format driver.
+ *
+ * A driver answers one question: where does a guest range live? The
+ * generic layer (image.ts) does the reading, zero-filling, backing
+ * recursion and merging, once for every format.
+ */
+import type { Storage } from '../io/storage.js';
+import type { Codecs } from './codecs.js';
+import type { DriverInfo } from './info.js';
+
+export type ImageFormat = 'qcow2' | 'qed' | 'raw';
+
+/**
+ * Where [offset, offset + length) lives in this layer. `length` is at most
+ * the requested maximum and always > 0; a driver merges as many clusters of
+ * the same kind (and, for data, contiguous host offsets) as it cheaply can.
+ */
+export type Mapping =
+  /** Guest data at hostOffset in `storage` (the image file or an external data file). */
+  | {
+      kind: 'data';
+      length: number;
+      storage: Storage;
+      hostOffset: number;
+      /**
+       * qemu's BDRV_BLOCK_RECURSE: the driver does not know whether the host
+       * range holds data, so a hole in the host file reports as zero in map.
+       */
+      recurse?: boolean;
+    }
+  /** Reads as zero and is allocated in this layer (hides the backing file). */
+  | { kind: 'zero'; length: number; storage?: Storage; hostOffset?: number }
+  /** Not allocated in this layer: the backing file shows through (zero without one). */
+  | { kind: 'unallocated'; length: number; storage?: Storage; hostOffset?: number }
+  /** Compressed: only the driver can read it (readCompressed). */
+  | { kind: 'compressed'; length: number };
+
+export interface BackingRef {
+  /** The name as recorded in the image. */
+  name: string;
+  /** The format as recorded (qcow2 backing format extension; QED's no-probe bit means raw). */
+  format?: string;
+}
+
+export interface FormatDriver {
+  readonly format: ImageFormat;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** The image file. */
+  readonly storage: Storage;
+  readonly writable: boolean;
+  /** The backing file the image names, if any. */
+  readonly backing?: BackingRef;
+
+  getMapping(offset: number, maxLength: number): Promise<Mapping>;
+  /** Read [offset, offset + into.length) from a range getMapping called compressed. */
+  readCompressed?(offset: number, into: Uint8Array): Promise<void>;
+  info(): Promise<DriverInfo>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** What opening one layer gets from the generic layer. */
+export interface DriverContext {
+  storage: Storage;
+  writable: boolean;
+  codecs: Codecs;
+  /**
+   * Open an implicit file the image names (an external data file), subject to
+   * the open policy. Relative names resolve against the image's directory.
+   */
+  openDataFile(name: string): Promise<Storage>;
+  /** Metadata only (qemu-img info): do not open data files, read no guest data. */
+  metadataOnly: boolean;
+  /** An explicit external data file given by the caller (qemu's data-file option). */
+  dataFile?: Storage;
+}
+
+export type DriverOpener = (ctx: DriverContext) => Promise<FormatDriver>;

@@ -1,0 +1,241 @@
+/**
+ * The generic block layer: one `Image` per layer of a backing chain, built
+ * on a format driver. Reading, zero-filling, backing recursion and block
+ * status live here once, for every format.
+ */
+import { ImageError } from '../errors.js';
+import type { Storage } from '../io/storage.js';
+import type { FormatDriver, ImageFormat, Mapping } from './driver.js';
+import type { ImageInfo } from './info.js';
+
+/**
+ * One run of guest bytes with the same status, as qemu-img map reports it.
+ * `depth` counts the backing layers walked before the answer was found.
+ */
+export interface Extent {
+  offset: number;
+  length: number;
+  depth: number;
+  /** Allocated in some layer (qemu's BDRV_BLOCK_ALLOCATED). */
+  present: boolean;
+  data: boolean;
+  zero: boolean;
+  compressed: boolean;
+  /** Where the bytes live on the host, when that is known (qemu's OFFSET_VALID). */
+  hostOffset?: number;
+  /** The storage hostOffset refers to. */
+  file?: Storage;
+}
+
+export interface Image {
+  readonly format: ImageFormat;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** The name the image was opened by. */
+  readonly filename: string;
+  readonly driver: FormatDriver;
+  readonly backing: Image | null;
+  /** Fill `into` with guest bytes from `offset`; the range must lie inside the image. */
+  read(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Status of the bytes at `offset`, across the backing chain: one extent
+   * starting at `offset`, at most `length` long. Callers loop (see extents()).
+   */
+  blockStatus(offset: number, length: number): Promise<Extent>;
+  /** Status of this layer alone (qemu's bdrv_block_status without the chain walk). */
+  layerStatus(offset: number, length: number): Promise<LayerStatus>;
+  info(): Promise<ImageInfo>;
+  flush(): Promise<void>;
+  /** Closes this image and its backing chain. */
+  close(): Promise<void>;
+}
+
+/** What one layer says about a range, before the chain walk. */
+export interface LayerStatus {
+  length: number;
+  data: boolean;
+  zero: boolean;
+  /** Allocated in this layer; unallocated with neither data nor zero means "ask the backing file". */
+  allocated: boolean;
+  compressed: boolean;
+  hostOffset?: number;
+  file?: Storage;
+}
+
+export class BlockImage implements Image {
+  readonly format: ImageFormat;
+  readonly size: number;
+  readonly filename: string;
+  readonly driver: FormatDriver;
+  readonly backing: Image | null;
+  /** The backing name exactly as recorded, and how it resolved (for info). */
+  readonly backingPath: string | undefined;
+
+  constructor(opts: {
+    driver: FormatDriver;
+    filename: string;
+    backing: Image | null;
+    backingPath?: string;
+  }) {
+    this.driver = opts.driver;
+    this.format = opts.driver.format;
+    this.size = opts.driver.size;
+    this.filename = opts.filename;
+    this.backing = opts.backing;
+    this.backingPath = opts.backingPath;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange(offset, into.length);
+    let pos = 0;
+    while (pos < into.length) {
+      const m = await this.driver.getMapping(offset + pos, into.length - pos);
+      const part = into.subarray(pos, pos + m.length);
+      switch (m.kind) {
+        case 'data':
+          await m.storage.read(part, m.hostOffset);
+          break;
+        case 'zero':
+          part.fill(0);
+          break;
+        case 'unallocated':
+          await this.readBacking(offset + pos, part);
+          break;
+        case 'compressed':
+          if (!this.driver.readCompressed) throw new ImageError('unsupported', 'compressed data without a decompressor');
+          await this.driver.readCompressed(offset + pos, part);
+          break;
+      }
+      pos += m.length;
+    }
+  }
+
+  /** Backing bytes for an unallocated range; zeros past the end of a shorter backing file. */
+  private async readBacking(offset: number, part: Uint8Array): Promise<void> {
+    const b = this.backing;
+    const n = b ? Math.max(0, Math.min(part.length, b.size - offset)) : 0;
+    if (b && n > 0) await b.read(offset, part.subarray(0, n));
+    part.fill(0, n);
+  }
+
+  async layerStatus(offset: number, length: number): Promise<LayerStatus> {
+    this.checkRange(offset, length);
+    const m = await this.driver.getMapping(offset, length);
+    return this.statusOf(m, offset);
+  }
+
+  private async statusOf(m: Mapping, offset: number): Promise<LayerStatus> {
+    switch (m.kind) {
+      case 'data': {
+        const st: LayerStatus = { length: m.length, data: true, zero: false, allocated: true, compressed: false, hostOffset: m.hostOffset, file: m.storage };
+        if (this.format === 'raw') return this.fileStatus(st, m.storage, m.hostOffset, false);
+        if (m.recurse) return this.fileStatus(st, m.storage, m.hostOffset, true);
+        return st;
+      }
+      case 'zero':
+        return { length: m.length, data: false, zero: true, allocated: true, compressed: false, hostOffset: m.hostOffset, file: m.storage };
+      case 'compressed':
+        return { length: m.length, data: true, zero: false, allocated: true, compressed: true };
+      case 'unallocated': {
+        // qemu: unallocated with no backing file, or past the end of a shorter
+        // one, reads as zero but is still not allocated here.
+        const zero = this.backing === null || offset >= this.backing.size;
+        return { length: m.length, data: false, zero, allocated: false, compressed: false, hostOffset: m.hostOffset, file: m.storage };
+      }
+    }
+  }
+
+  /**
+   * Ask the host file about a data range: for raw images the file's answer
+   * is the answer (a hole is zero, not data); for qemu's RECURSE case a hole
+   * adds the zero flag to data.
+   */
+  private async fileStatus(st: LayerStatus, storage: Storage, hostOffset: number, recurse: boolean): Promise<LayerStatus> {
+    const fileSize = await storage.size();
+    if (hostOffset >= fileSize) return recurse ? { ...st, zero: true } : { ...st, data: false, zero: true };
+    if (!storage.allocation) return st;
+    const a = await storage.allocation(hostOffset, Math.min(st.length, fileSize - hostOffset));
+    const length = a.length;
+    if (recurse) return { ...st, length, zero: !a.data };
+    return { ...st, length, data: a.data, zero: !a.data };
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent> {
+    this.checkRange(offset, length);
+    let layer: Image = this;
+    let depth = 0;
+    let len = length;
+    for (;;) {
+      const st = await layer.layerStatus(offset, len);
+      len = st.length;
+      if (st.data || st.zero || !layer.backing) {
+        return {
+          offset,
+          length: len,
+          depth,
+          present: st.allocated,
+          data: st.data,
+          zero: st.zero,
+          compressed: st.compressed,
+          hostOffset: st.hostOffset,
+          file: st.file,
+        };
+      }
+      layer = layer.backing;
+      depth++;
+      len = Math.min(len, layer.size - offset);
+    }
+  }
+
+  async info(): Promise<ImageInfo> {
+    const d = await this.driver.info();
+    const info: ImageInfo = {
+      filename: this.filename,
+      format: this.format,
+      'virtual-size': this.size,
+    };
+    const actual = await this.driver.storage.allocatedSize?.();
+    if (actual !== undefined) info['actual-size'] = actual;
+    if (d.clusterSize !== undefined) info['cluster-size'] = d.clusterSize;
+    if (d.encrypted) info.encrypted = true;
+    if (d.dirty !== undefined) info['dirty-flag'] = d.dirty;
+    const b = this.driver.backing;
+    if (b) {
+      info['backing-filename'] = b.name;
+      if (this.backingPath !== undefined) info['full-backing-filename'] = this.backingPath;
+      if (b.format !== undefined) info['backing-filename-format'] = b.format;
+    }
+    if (d.snapshots && d.snapshots.length > 0) info.snapshots = d.snapshots;
+    if (d.formatSpecific) info['format-specific'] = d.formatSpecific;
+    return info;
+  }
+
+  async flush(): Promise<void> {
+    await this.driver.flush();
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.driver.close();
+    } finally {
+      await this.backing?.close();
+    }
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new ImageError('bad-argument', `Request out of range: offset ${offset}, length ${length}, image size ${this.size}`);
+    }
+  }
+}
+
+/** Every extent of [offset, offset+length), one blockStatus call at a time. */
+export async function* extents(image: Image, offset = 0, length = image.size - offset): AsyncGenerator<Extent> {
+  const end = offset + length;
+  let pos = offset;
+  while (pos < end) {
+    const e = await image.blockStatus(pos, end - pos);
+    yield e;
+    pos += e.length;
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * Opening an image and its backing chain: probing, backing names resolved
+ * against the image's directory, backing formats from the image (probing
+ * only where none is recorded, as qemu does), a depth limit and loop
+ * detection. Implicit files (backing and data files) go through the open
+ * policy.
+ */
+import { ImageError } from '../errors.js';
+import type { Storage } from '../io/storage.js';
+import type { Codecs } from './codecs.js';
+import type { DriverContext, DriverOpener, FormatDriver, ImageFormat } from './driver.js';
+import { BlockImage, type Image } from './image.js';
+import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
+
+/** What the block layer needs from the host: files, paths and codecs. */
+export interface Host {
+  openStorage(path: string, opts: { writable: boolean }): Promise<Storage>;
+  /** The path of `name` as named by the image at `imagePath` (relative to its directory). */
+  resolve(imagePath: string, name: string): string;
+  /** A stable identity of the file behind `path`, for loop detection. */
+  identity(path: string): Promise<string>;
+  codecs: Codecs;
+}
+
+/** Which files an image may open by itself (backing files, external data files). */
+export type OpenPolicy = 'allow' | 'deny';
+
+export interface OpenOptions {
+  host: Host;
+  /** Named format: never probed. */
+  format?: ImageFormat;
+  writable?: boolean;
+  /** Open the backing chain (default true). */
+  backing?: boolean;
+  /** Metadata only, as qemu-img info: no data files, no guest data. */
+  metadataOnly?: boolean;
+  policy?: OpenPolicy;
+  /** Longest backing chain accepted. */
+  maxDepth?: number;
+}
+
+export const DEFAULT_MAX_CHAIN_DEPTH = 64;
+
+const openers = new Map<ImageFormat, DriverOpener>();
+
+/** Formats register themselves here (see formats/index.ts). */
+export function registerFormat(format: ImageFormat, opener: DriverOpener): void {
+  openers.set(format, opener);
+}
+
+export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
+  return openLayer(path, opts.format, opts, [], 0);
+}
+
+async function openLayer(
+  path: string,
+  format: ImageFormat | undefined,
+  opts: OpenOptions,
+  seen: string[],
+  depth: number,
+): Promise<Image> {
+  const { host } = opts;
+  const max = opts.maxDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+  if (depth > max) throw new ImageError('invalid', `Backing chain of '${path}' is deeper than ${max} images`);
+  const id = await host.identity(path);
+  if (seen.includes(id)) throw new ImageError('invalid', `Backing file '${path}' creates an infinite loop.`);
+
+  const writable = depth === 0 && (opts.writable ?? false);
+  const storage = await host.openStorage(path, { writable });
+  let driver: FormatDriver;
+  try {
+    driver = await openDriver(storage, format, opts, path, writable);
+  } catch (e) {
+    await storage.close().catch(() => {});
+    throw e;
+  }
+
+  let backing: Image | null = null;
+  let backingPath: string | undefined;
+  if (driver.backing) {
+    backingPath = host.resolve(path, driver.backing.name);
+    if (opts.backing !== false) {
+      try {
+        if ((opts.policy ?? 'allow') === 'deny') {
+          throw new ImageError('policy', `Backing file '${driver.backing.name}' may not be opened (open policy)`);
+        }
+        const bfmt = driver.backing.format === undefined ? undefined : parseFormatName(driver.backing.format);
+        if (driver.backing.format !== undefined && bfmt === undefined) {
+          throw new ImageError('unsupported', `Unknown driver '${driver.backing.format}'`);
+        }
+        backing = await openLayer(backingPath, bfmt, { ...opts, writable: false }, [...seen, id], depth + 1);
+      } catch (e) {
+        await driver.close().catch(() => {});
+        throw e instanceof ImageError && e.code !== 'invalid' && !e.message.startsWith('Could not open backing file')
+          ? new ImageError(e.code, `Could not open backing file: ${e.message}`, { cause: e })
+          : e;
+      }
+    }
+  }
+  return new BlockImage({ driver, filename: path, backing, backingPath });
+}
+
+async function openDriver(
+  storage: Storage,
+  format: ImageFormat | undefined,
+  opts: OpenOptions,
+  path: string,
+  writable: boolean,
+): Promise<FormatDriver> {
+  let fmt = format;
+  if (fmt === undefined) {
+    const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
+    await storage.read(head, 0);
+    fmt = probeFormat(head);
+  }
+  const opener = openers.get(fmt);
+  if (!opener) throw new ImageError('unsupported', `Unknown driver '${fmt}'`);
+  const ctx: DriverContext = {
+    storage,
+    writable,
+    codecs: opts.host.codecs,
+    metadataOnly: opts.metadataOnly ?? false,
+    openDataFile: async (name: string) => {
+      if ((opts.policy ?? 'allow') === 'deny') {
+        throw new ImageError('policy', `Data file '${name}' may not be opened (open policy)`);
+      }
+      return opts.host.openStorage(opts.host.resolve(path, name), { writable });
+    },
+  };
+  return opener(ctx);
+}

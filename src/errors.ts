@@ -1,0 +1,31 @@
+/**
+ * Typed errors with a stable code. The CLI prints `qimg: <message>` and maps
+ * codes to qemu-img's exit codes; library users narrow with isImageError().
+ */
+export type ImageErrorCode =
+  | 'invalid' // the bytes do not form a valid image (bad header, bad table)
+  | 'unsupported' // valid, but uses something qimg (or the spec) does not allow here
+  | 'corrupt' // metadata contradicts itself; the corrupt bit may be set
+  | 'io' // the storage failed
+  | 'bad-argument' // the caller asked for something impossible
+  | 'not-found' // a named file does not exist
+  | 'read-only' // a write to an image opened read-only
+  | 'needs-secret' // encrypted image, no key given
+  | 'policy'; // the open policy refused an implicit file (backing, data file)
+
+export class ImageError extends Error {
+  readonly code: ImageErrorCode;
+  constructor(code: ImageErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ImageError';
+    this.code = code;
+  }
+}
+
+export function isImageError(e: unknown, ...codes: ImageErrorCode[]): e is ImageError {
+  return e instanceof ImageError && (codes.length === 0 || codes.includes(e.code));
+}
+
+export const invalid = (msg: string): ImageError => new ImageError('invalid', msg);
+export const unsupported = (msg: string): ImageError => new ImageError('unsupported', msg);
+export const corrupt = (msg: string): ImageError => new ImageError('corrupt', msg);

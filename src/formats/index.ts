@@ -1,0 +1,5 @@
+/** Every format qimg knows, registered with the block layer. */
+import { registerFormat } from '../block/open.js';
+import { openRaw } from './raw/raw.js';
+
+registerFormat('raw', openRaw);

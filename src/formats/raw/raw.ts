@@ -1,0 +1,45 @@
+/**
+ * raw: the guest bytes are the file's bytes. The virtual size is the file
+ * size rounded up to 512 bytes (qemu counts whole sectors; the tail of the
+ * last sector reads as zero).
+ */
+import type { DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { DriverInfo } from '../../block/info.js';
+import type { Storage } from '../../io/storage.js';
+import { alignUp } from '../../units.js';
+
+export const SECTOR = 512;
+
+export class RawDriver implements FormatDriver {
+  readonly format = 'raw' as const;
+  readonly size: number;
+  readonly storage: Storage;
+  readonly writable: boolean;
+
+  constructor(storage: Storage, size: number, writable: boolean) {
+    this.storage = storage;
+    this.size = size;
+    this.writable = writable;
+  }
+
+  async getMapping(offset: number, maxLength: number): Promise<Mapping> {
+    return { kind: 'data', length: maxLength, storage: this.storage, hostOffset: offset };
+  }
+
+  async info(): Promise<DriverInfo> {
+    return {};
+  }
+
+  async flush(): Promise<void> {
+    if (this.writable) await this.storage.flush();
+  }
+
+  async close(): Promise<void> {
+    await this.storage.close();
+  }
+}
+
+export async function openRaw(ctx: DriverContext): Promise<FormatDriver> {
+  const size = alignUp(await ctx.storage.size(), SECTOR);
+  return new RawDriver(ctx.storage, size, ctx.writable);
+}

@@ -1,0 +1,137 @@
+/**
+ * Storage on a host file, with positional I/O. Callers coalesce their
+ * requests (the block layer merges contiguous clusters), so one call here is
+ * one syscall for a whole run of data.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { createRequire } from 'node:module';
+import { ImageError } from '../errors.js';
+import type { Storage } from './storage.js';
+
+/**
+ * SEEK_DATA/SEEK_HOLE come from fs-ext, an optional native module: Node's fs
+ * has no lseek. Without it, files report no holes (everything is data).
+ */
+interface FsExt {
+  seek(fd: number, offset: number, whence: number, cb: (err: NodeJS.ErrnoException | null, pos: number) => void): void;
+}
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+let fsExt: FsExt | null | undefined;
+function loadFsExt(): FsExt | null {
+  if (fsExt === undefined) {
+    try {
+      fsExt = process.platform === 'linux' ? (createRequire(import.meta.url)('fs-ext') as FsExt) : null;
+    } catch {
+      fsExt = null;
+    }
+  }
+  return fsExt;
+}
+function seek(ext: FsExt, fd: number, offset: number, whence: number): Promise<number> {
+  return new Promise((resolve, reject) => ext.seek(fd, offset, whence, (err, pos) => (err ? reject(err) : resolve(pos))));
+}
+
+export interface FileOpenOptions {
+  writable?: boolean;
+  /** Create the file if missing (and truncate it when `truncate` is set). */
+  create?: boolean;
+  truncate?: boolean;
+}
+
+export class FileStorage implements Storage {
+  readonly name: string;
+  readonly writable: boolean;
+  private readonly fh: FileHandle;
+
+  private constructor(name: string, fh: FileHandle, writable: boolean) {
+    this.name = name;
+    this.fh = fh;
+    this.writable = writable;
+  }
+
+  static async open(path: string, opts: FileOpenOptions = {}): Promise<FileStorage> {
+    const writable = opts.writable ?? false;
+    let flags = writable ? constants.O_RDWR : constants.O_RDONLY;
+    if (opts.create) flags |= constants.O_CREAT;
+    if (opts.truncate) flags |= constants.O_TRUNC;
+    try {
+      const fh = await open(path, flags, 0o644);
+      return new FileStorage(path, fh, writable);
+    } catch (e) {
+      throw fileError(path, e);
+    }
+  }
+
+  async size(): Promise<number> {
+    return (await this.fh.stat()).size;
+  }
+
+  async read(into: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < into.length) {
+      const { bytesRead } = await this.fh.read(into, done, into.length - done, offset + done);
+      if (bytesRead === 0) {
+        into.fill(0, done);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
+  async write(data: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
+      done += bytesWritten;
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    await this.fh.truncate(size);
+  }
+
+  async flush(): Promise<void> {
+    await this.fh.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  async allocation(offset: number, length: number): Promise<{ data: boolean; length: number }> {
+    const ext = loadFsExt();
+    if (!ext) return { data: true, length };
+    try {
+      const data = await seek(ext, this.fh.fd, offset, SEEK_DATA);
+      if (data > offset) return { data: false, length: Math.min(length, data - offset) };
+      const hole = await seek(ext, this.fh.fd, offset, SEEK_HOLE);
+      return { data: true, length: Math.min(length, Math.max(hole - offset, 1)) };
+    } catch (e) {
+      // ENXIO: no data at or after offset, so the rest is a hole.
+      if ((e as NodeJS.ErrnoException).code === 'ENXIO') return { data: false, length };
+      return { data: true, length };
+    }
+  }
+
+  async allocatedSize(): Promise<number | undefined> {
+    const st = await this.fh.stat();
+    return st.blocks * 512;
+  }
+}
+
+/** A Node fs error as an ImageError with the strerror-style text qemu prints. */
+export function fileError(path: string, e: unknown): ImageError {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const text: Record<string, string> = {
+    ENOENT: 'No such file or directory',
+    EACCES: 'Permission denied',
+    EISDIR: 'Is a directory',
+    EROFS: 'Read-only file system',
+    ENOSPC: 'No space left on device',
+    ELOOP: 'Too many levels of symbolic links',
+  };
+  const msg = (code && text[code]) ?? (e instanceof Error ? e.message : String(e));
+  return new ImageError(code === 'ENOENT' ? 'not-found' : 'io', `Could not open '${path}': ${msg}`, { cause: e });
+}
