@@ -59,6 +59,21 @@ export interface FormatDriver {
   info(): Promise<DriverInfo>;
   flush(): Promise<void>;
   close(): Promise<void>;
+
+  // Writing: drivers opened writable. The driver allocates, copies on write
+  // (reading the backing file through attachBacking) and orders its own
+  // metadata updates; the generic layer checks ranges and read-only state.
+  write?(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void>;
+  writeZeroes?(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void>;
+  discard?(offset: number, length: number): Promise<void>;
+  /** Called once the backing chain is open (null when there is none). */
+  attachBacking?(backing: BackingReader | null): void;
+}
+
+/** What a driver sees of its backing file: enough to copy on write. */
+export interface BackingReader {
+  readonly size: number;
+  read(offset: number, into: Uint8Array): Promise<void>;
 }
 
 /** What opening one layer gets from the generic layer. */

@@ -45,6 +45,11 @@ export interface Image {
   /** Status of this layer alone (qemu's bdrv_block_status without the chain walk). */
   layerStatus(offset: number, length: number): Promise<LayerStatus>;
   info(): Promise<ImageInfo>;
+  write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void>;
+  /** Make the range read as zero; with mayUnmap the space may be released. */
+  writeZeroes(offset: number, length: number, opts?: { mayUnmap?: boolean }): Promise<void>;
+  /** Advisory: the range's contents are no longer needed (qemu's discard semantics per format). */
+  discard(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
   /** Closes this image and its backing chain. */
   close(): Promise<void>;
@@ -83,6 +88,32 @@ export class BlockImage implements Image {
     this.filename = opts.filename;
     this.backing = opts.backing;
     this.backingPath = opts.backingPath;
+    this.driver.attachBacking?.(this.backing);
+  }
+
+  async write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void> {
+    this.checkRange(offset, data.length);
+    if (!this.driver.writable || !this.driver.write) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    if (data.length > 0) await this.driver.write(offset, data, opts);
+  }
+
+  async writeZeroes(offset: number, length: number, opts?: { mayUnmap?: boolean }): Promise<void> {
+    this.checkRange(offset, length);
+    if (!this.driver.writable || !this.driver.write) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    if (length === 0) return;
+    if (this.driver.writeZeroes) return this.driver.writeZeroes(offset, length, { mayUnmap: opts?.mayUnmap ?? false });
+    // No native zeroing: write explicit zeros, a bounded buffer at a time.
+    const chunk = new Uint8Array(Math.min(length, 1 << 20));
+    for (let pos = 0; pos < length; pos += chunk.length) {
+      const n = Math.min(chunk.length, length - pos);
+      await this.driver.write(offset + pos, chunk.subarray(0, n));
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    if (!this.driver.writable) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    if (length > 0) await this.driver.discard?.(offset, length);
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {

@@ -26,6 +26,18 @@ export class RawDriver implements FormatDriver {
     return { kind: 'data', length: maxLength, storage: this.storage, hostOffset: offset };
   }
 
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    await this.storage.write(data, offset);
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    if (this.storage.writeZeroes) return this.storage.writeZeroes(offset, length);
+    const chunk = new Uint8Array(Math.min(length, 1 << 20));
+    for (let pos = 0; pos < length; pos += chunk.length) {
+      await this.storage.write(chunk.subarray(0, Math.min(chunk.length, length - pos)), offset + pos);
+    }
+  }
+
   async info(): Promise<DriverInfo> {
     return {};
   }
