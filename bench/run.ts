@@ -1,0 +1,179 @@
+/**
+ * npm run bench: qimg and qemu-img side by side on the same files, in one
+ * run, alternating, several rounds. Reports median wall time, the median of
+ * the per-round ratios qimg/qemu-img, and peak RSS of each, and writes the
+ * table to docs/benchmarks.md with the machine it ran on.
+ *
+ * Options (environment): BENCH_ROUNDS (default 3), BENCH_SIZE_MIB (default
+ * 1024), BENCH_DIR (default a temp dir), BENCH_ONLY (comma-separated case names).
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, writeSync, closeSync, ftruncateSync, existsSync } from 'node:fs';
+import { cpus, totalmem, tmpdir, release } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomFillSync } from 'node:crypto';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const qimgBin = join(root, 'dist', 'cli', 'main.js');
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
+const only = process.env.BENCH_ONLY?.split(',');
+const dir = process.env.BENCH_DIR ?? mkdtempSync(join(tmpdir(), 'qimg-bench-'));
+
+interface Run {
+  ms: number;
+  peakKiB: number;
+  code: number;
+  stderr: string;
+}
+
+/** Run a command, polling /proc for its peak RSS (VmHWM), so no extra tool is needed. */
+function timed(cmd: string, args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const start = process.hrtime.bigint();
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    let peakKiB = 0;
+    const poll = setInterval(() => {
+      try {
+        const m = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+        if (m) peakKiB = Math.max(peakKiB, Number(m[1]));
+      } catch {
+        /* exited between polls */
+      }
+    }, 5);
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      clearInterval(poll);
+      resolve({ ms: Number(process.hrtime.bigint() - start) / 1e6, peakKiB, code: code ?? -1, stderr });
+    });
+  });
+}
+
+/** The source: random data, text and holes in 1 MiB blocks, in a fixed pattern. */
+function makeSource(path: string, bytes: number): void {
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, bytes);
+  const block = Buffer.alloc(1 << 20);
+  const text = Buffer.from('The quick brown fox jumps over the lazy dog. 0123456789\n'.repeat(20000));
+  for (let i = 0; i < bytes >> 20; i++) {
+    const kind = i % 4;
+    if (kind === 3) continue; // hole
+    if (kind === 0) randomFillSync(block);
+    else text.copy(block, 0, (i * 977) % 4096, ((i * 977) % 4096) + block.length);
+    if (kind === 2) block.fill(0, 512 << 10); // half zeros
+    writeSync(fd, block, 0, block.length, i * block.length);
+  }
+  closeSync(fd);
+}
+
+const q = (...args: string[]) => execFileSync('qemu-img', args, { stdio: 'ignore' });
+
+interface Case {
+  name: string;
+  goal: string;
+  qemu: { cmd: string; args: string[] };
+  qimg: { cmd: string; args: string[] };
+  cleanup?: string[];
+}
+
+function cases(): Case[] {
+  const src = join(dir, 'src.raw');
+  const srcQ = join(dir, 'src.qcow2');
+  const out = (t: string) => join(dir, `out-${t}`);
+  const conv = (extra: string[], input: string, o: string): Case['qemu'] => ({ cmd: 'qemu-img', args: ['convert', ...extra, input, o] });
+  const qconv = (extra: string[], input: string, o: string): Case['qimg'] => ({ cmd: process.execPath, args: [qimgBin, 'convert', ...extra, input, o] });
+  const chain = join(dir, 'chain-top.qcow2');
+  const sparse = join(dir, 'sparse4t.qcow2');
+  const list: Case[] = [
+    { name: 'raw -> qcow2', goal: '<= 1.0', qemu: conv(['-f', 'raw', '-O', 'qcow2'], src, out('a.qcow2')), qimg: qconv(['-f', 'raw', '-O', 'qcow2'], src, out('b.qcow2')) },
+    { name: 'qcow2 -> raw', goal: '<= 1.0', qemu: conv(['-f', 'qcow2', '-O', 'raw'], srcQ, out('a.raw')), qimg: qconv(['-f', 'qcow2', '-O', 'raw'], srcQ, out('b.raw')) },
+    { name: 'raw -> qcow2 -c zlib', goal: '<= 0.6', qemu: conv(['-c', '-f', 'raw', '-O', 'qcow2'], src, out('az.qcow2')), qimg: qconv(['-c', '-f', 'raw', '-O', 'qcow2'], src, out('bz.qcow2')) },
+    { name: 'raw -> qcow2 -c zstd', goal: '<= 1.0', qemu: conv(['-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd'], src, out('as.qcow2')), qimg: qconv(['-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd'], src, out('bs.qcow2')) },
+    { name: 'chain flatten -> qcow2', goal: '<= 1.0', qemu: conv(['-O', 'qcow2'], chain, out('ac.qcow2')), qimg: qconv(['-O', 'qcow2'], chain, out('bc.qcow2')) },
+    { name: '4 TiB sparse qcow2 -> raw', goal: '<= 1.0', qemu: conv(['-O', 'raw'], sparse, out('a4t.raw')), qimg: qconv(['-O', 'raw'], sparse, out('b4t.raw')) },
+  ];
+  return only ? list.filter((c) => only.some((o) => c.name.includes(o))) : list;
+}
+
+function prepare(): void {
+  const bytes = sizeMiB << 20;
+  const src = join(dir, 'src.raw');
+  if (!existsSync(src)) makeSource(src, bytes);
+  q('convert', '-f', 'raw', '-O', 'qcow2', src, join(dir, 'src.qcow2'));
+  // A three-deep chain: base holds the source, two overlays rewrite parts of it.
+  q('convert', '-f', 'raw', '-O', 'qcow2', src, join(dir, 'chain-base.qcow2'));
+  q('create', '-f', 'qcow2', '-b', 'chain-base.qcow2', '-F', 'qcow2', join(dir, 'chain-mid.qcow2'));
+  execFileSync('qemu-io', ['-c', `write -P 0x11 0 ${bytes >> 2}`, join(dir, 'chain-mid.qcow2')], { stdio: 'ignore' });
+  q('create', '-f', 'qcow2', '-b', 'chain-mid.qcow2', '-F', 'qcow2', join(dir, 'chain-top.qcow2'));
+  execFileSync('qemu-io', ['-c', `write -P 0x22 ${bytes >> 1} ${bytes >> 3}`, join(dir, 'chain-top.qcow2')], { stdio: 'ignore' });
+  // 4 TiB virtual, 64 MiB of data spread over the disk.
+  const sparse = join(dir, 'sparse4t.qcow2');
+  q('create', '-f', 'qcow2', sparse, '4T');
+  const cmds: string[] = [];
+  for (let i = 0; i < 64; i++) cmds.push('-c', `write -P ${i + 1} ${i * 64 + 1}G 1M`);
+  execFileSync('qemu-io', [...cmds, sparse], { stdio: 'ignore' });
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+async function main(): Promise<void> {
+  const qemuVersion = execFileSync('qemu-img', ['--version']).toString().split('\n')[0];
+  console.log(`bench in ${dir}: ${sizeMiB} MiB source, ${rounds} rounds`);
+  prepare();
+  const rows: string[] = [];
+  for (const c of cases()) {
+    const qemuRuns: Run[] = [];
+    const qimgRuns: Run[] = [];
+    const ratios: number[] = [];
+    let failure = '';
+    for (let r = 0; r < rounds && !failure; r++) {
+      // Alternate who goes first, so neither always meets a warm cache.
+      const order = r % 2 === 0 ? (['qemu', 'qimg'] as const) : (['qimg', 'qemu'] as const);
+      const got: Partial<Record<'qemu' | 'qimg', Run>> = {};
+      for (const who of order) {
+        const spec = who === 'qemu' ? c.qemu : c.qimg;
+        const run = await timed(spec.cmd, spec.args);
+        if (run.code !== 0) failure = `${who} failed: ${run.stderr.trim().split('\n')[0]}`;
+        got[who] = run;
+      }
+      if (failure) break;
+      qemuRuns.push(got.qemu!);
+      qimgRuns.push(got.qimg!);
+      ratios.push(got.qimg!.ms / got.qemu!.ms);
+    }
+    const row = failure
+      ? `| ${c.name} | ${c.goal} | n/a | n/a | n/a | n/a | n/a | ${failure} |`
+      : `| ${c.name} | ${c.goal} | ${median(qemuRuns.map((x) => x.ms)).toFixed(0)} | ${median(qimgRuns.map((x) => x.ms)).toFixed(0)} | ${median(ratios).toFixed(2)} | ${(Math.max(...qemuRuns.map((x) => x.peakKiB)) / 1024).toFixed(1)} | ${(Math.max(...qimgRuns.map((x) => x.peakKiB)) / 1024).toFixed(1)} | |`;
+    console.log(row);
+    rows.push(row);
+  }
+  const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}, ${qemuVersion}`;
+  const doc = [
+    '# Benchmarks',
+    '',
+    'Made by `npm run bench`: qimg and qemu-img alternately on the same files, in one run.',
+    `Ratio is the median of the per-round ratios qimg/qemu-img (lower is faster). Peak RSS is the child's VmHWM.`,
+    '',
+    `Machine: ${machine}. Source: ${sizeMiB} MiB raw (random data, text, half-zero blocks, holes). Rounds: ${rounds}.`,
+    '',
+    '| work | goal | qemu-img ms | qimg ms | ratio | qemu-img peak MiB | qimg peak MiB | note |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows,
+    '',
+  ].join('\n');
+  writeFileSync(join(root, 'docs', 'benchmarks.md'), doc);
+  console.log('wrote docs/benchmarks.md');
+  if (!process.env.BENCH_DIR) rmSync(dir, { recursive: true, force: true });
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
