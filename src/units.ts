@@ -38,3 +38,24 @@ export const alignUp = (v: number, a: number): number => {
 export const isAligned = (v: number, a: number): boolean => v % a === 0;
 export const divCeil = (v: number, d: number): number => Math.ceil(v / d);
 export const isPowerOfTwo = (v: number): boolean => v > 0 && Number.isInteger(Math.log2(v));
+
+const SIZE_SUFFIXES: Record<string, number> = { B: 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50, E: 2 ** 60 };
+
+/**
+ * qemu's size syntax (qemu_strtosz): a decimal number, possibly with a
+ * fraction, or a 0x hex integer, then an optional suffix b/k/M/G/T/P/E
+ * (any case; powers of 1024; `defaultSuffix` when none is given). Returns
+ * undefined for anything else, including negative numbers.
+ */
+export function parseSize(text: string, defaultSuffix = 'B'): number | undefined {
+  const m = /^\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)([bBkKmMgGtTpPeE]?)$/.exec(text);
+  if (!m) return undefined;
+  const [, num = '', suffix = ''] = m;
+  const mul = SIZE_SUFFIXES[(suffix || defaultSuffix).toUpperCase()]!;
+  const isHex = /^0[xX]/.test(num);
+  if (isHex && suffix === '' && num.length > 2 + 13) return undefined;
+  const value = isHex ? parseInt(num, 16) : Number(num);
+  if (!isHex && num.includes('.') && mul === 1) return undefined; // a fraction needs a unit
+  const bytes = Math.floor(value * mul);
+  return Number.isSafeInteger(bytes) ? bytes : undefined;
+}
