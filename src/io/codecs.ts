@@ -6,6 +6,7 @@
 import { inflateRawSync, constants as zc } from 'node:zlib';
 import { createRequire } from 'node:module';
 import type { Codecs } from '../block/codecs.js';
+import { deflateCluster, zstdCluster } from './compress.js';
 
 const require = createRequire(import.meta.url);
 
@@ -25,6 +26,8 @@ function zstdBinding(): ZstdBinding | null {
 }
 
 export const nodeCodecs: Codecs = {
+  deflateRaw: deflateCluster,
+  zstdCompress: zstdCluster,
   async inflateRaw(src, out) {
     try {
       // Z_SYNC_FLUSH: a truncated stream yields what it has instead of throwing,
