@@ -39,7 +39,8 @@ export class RawDriver implements FormatDriver {
   }
 
   async info(): Promise<DriverInfo> {
-    return {};
+    // qemu-img 7.2 prints dirty-flag false for raw images too.
+    return { dirty: false };
   }
 
   async flush(): Promise<void> {
