@@ -1,0 +1,181 @@
+/**
+ * The L1/L2 walk (QEMU's qcow2_get_host_offset and
+ * count_contiguous_subclusters): for a guest offset, the longest run of
+ * (sub)clusters of one type, with contiguous host offsets where there are
+ * any. L2 tables come through a bounded LRU cache whose entries are the
+ * load promises, so concurrent lookups share one read per table.
+ */
+import { ImageError } from '../../errors.js';
+import type { Storage } from '../../io/storage.js';
+import * as C from './constants.js';
+import { Cluster, Sub, clusterType, entryOffset, hasHostOffset, subclusterType, type SubclusterType } from './l2.js';
+import { hexAlt } from './text.js';
+
+export interface MapperConfig {
+  /** The image file: L2 tables live here. */
+  storage: Storage;
+  clusterBits: number;
+  extL2: boolean;
+  hasDataFile: boolean;
+  version: number;
+  /** Active L1 table entries as read (possibly shorter than l1Size: the rest read as zero). */
+  l1: Uint8Array;
+  l1Size: number;
+  /** Most L2 tables held at once. */
+  cacheTables: number;
+}
+
+/** One run of (sub)clusters of the same type. */
+export interface Run {
+  type: SubclusterType;
+  length: number;
+  /** Host offset of the first byte, or -1 for types without one. */
+  hostOffset: number;
+}
+
+const corruption = (m: string): ImageError => new ImageError('corrupt', m);
+
+export class L2Mapper {
+  private readonly cfg: MapperConfig;
+  private readonly clusterSize: number;
+  private readonly entrySize: number;
+  private readonly l2Entries: number;
+  /** Guest bytes one L1 entry maps. */
+  private readonly l1Span: number;
+  private readonly subSize: number;
+  private readonly l1View: DataView;
+  private readonly cache = new Map<number, Promise<DataView>>();
+
+  constructor(cfg: MapperConfig) {
+    this.cfg = cfg;
+    this.clusterSize = 2 ** cfg.clusterBits;
+    this.entrySize = cfg.extL2 ? C.L2_ENTRY_SIZE_EXTENDED : C.L2_ENTRY_SIZE;
+    this.l2Entries = this.clusterSize / this.entrySize;
+    this.l1Span = this.l2Entries * this.clusterSize;
+    this.subSize = cfg.extL2 ? this.clusterSize / C.SUBCLUSTERS_PER_CLUSTER : this.clusterSize;
+    this.l1View = new DataView(cfg.l1.buffer, cfg.l1.byteOffset, cfg.l1.byteLength);
+  }
+
+  /** The L2 table offset for L1 index i, 0 if unallocated. */
+  private l2Offset(i: number): number {
+    if (i >= this.cfg.l1Size || (i + 1) * C.L1_ENTRY_SIZE > this.cfg.l1.length) return 0;
+    const hi = this.l1View.getUint32(i * C.L1_ENTRY_SIZE, false);
+    const lo = this.l1View.getUint32(i * C.L1_ENTRY_SIZE + 4, false);
+    const off = entryOffset(hi, lo);
+    if (off !== 0 && off % this.clusterSize !== 0) {
+      throw corruption(`L2 table offset ${hexAlt(off)} unaligned (L1 index: ${hexAlt(i)})`);
+    }
+    return off;
+  }
+
+  private table(l1Index: number, offset: number): Promise<DataView> {
+    const hit = this.cache.get(l1Index);
+    if (hit) {
+      // Refresh LRU position.
+      this.cache.delete(l1Index);
+      this.cache.set(l1Index, hit);
+      return hit;
+    }
+    const p = (async () => {
+      const buf = new Uint8Array(this.clusterSize);
+      await this.cfg.storage.read(buf, offset);
+      return new DataView(buf.buffer);
+    })();
+    this.cache.set(l1Index, p);
+    p.catch(() => {
+      if (this.cache.get(l1Index) === p) this.cache.delete(l1Index);
+    });
+    while (this.cache.size > this.cfg.cacheTables) {
+      const oldest = this.cache.keys().next().value as number;
+      this.cache.delete(oldest);
+    }
+    return p;
+  }
+
+  /** The raw L2 entry words of the cluster holding guest `offset` (0,0 if unallocated). */
+  async entry(offset: number): Promise<{ hi: number; lo: number; l2Offset: number; index: number }> {
+    const l1i = Math.floor(offset / this.l1Span);
+    const l2off = this.l2Offset(l1i);
+    const index = Math.floor((offset % this.l1Span) / this.clusterSize);
+    if (l2off === 0) return { hi: 0, lo: 0, l2Offset: 0, index };
+    const t = await this.table(l1i, l2off);
+    const p = index * this.entrySize;
+    return { hi: t.getUint32(p, false), lo: t.getUint32(p + 4, false), l2Offset: l2off, index };
+  }
+
+  /** The run starting at guest `offset`, at most `maxLength` bytes (> 0). */
+  async lookup(offset: number, maxLength: number): Promise<Run> {
+    const { cfg, clusterSize, subSize, entrySize, l1Span } = this;
+    const end = offset + maxLength;
+    let pos = offset;
+    let type: SubclusterType | -1 = -1;
+    let startHost = -1;
+    let nextHost = -1;
+
+    walk: while (pos < end) {
+      const l1i = Math.floor(pos / l1Span);
+      const l1End = Math.min(end, (l1i + 1) * l1Span);
+      const l2off = this.l2Offset(l1i);
+      if (l2off === 0) {
+        if (type === -1) type = Sub.UNALLOCATED_PLAIN;
+        else if (type !== Sub.UNALLOCATED_PLAIN) break;
+        pos = l1End;
+        continue;
+      }
+      const t = await this.table(l1i, l2off);
+      while (pos < l1End) {
+        const index = Math.floor((pos % l1Span) / clusterSize);
+        const p = index * entrySize;
+        const hi = t.getUint32(p, false);
+        const lo = t.getUint32(p + 4, false);
+        const ct = clusterType(hi, lo, cfg.extL2, cfg.hasDataFile);
+        const allocBits = cfg.extL2 ? t.getUint32(p + 12, false) : 0;
+        const zeroBits = cfg.extL2 ? t.getUint32(p + 8, false) : 0;
+        const clusterStart = pos - (pos % clusterSize);
+        const clusterEnd = Math.min(l1End, clusterStart + clusterSize);
+        let host = -1;
+        // Per-entry checks happen once per cluster, before any subcluster of it joins the run.
+        const first = type === -1;
+        let bad: string | undefined;
+        if (ct === Cluster.ZERO_PLAIN || ct === Cluster.ZERO_ALLOC) {
+          if (cfg.version < 3) bad = `Zero cluster entry found in pre-v3 image (L2 offset: ${hexAlt(l2off)}, L2 index: ${hexAlt(index)})`;
+        }
+        if (ct === Cluster.COMPRESSED && cfg.hasDataFile) {
+          bad = `Compressed cluster entry found in image with external data file (L2 offset: ${hexAlt(l2off)}, L2 index: ${hexAlt(index)})`;
+        }
+        if (bad === undefined && (ct === Cluster.ZERO_ALLOC || ct === Cluster.NORMAL)) {
+          host = entryOffset(hi, lo);
+          if (host % clusterSize !== 0) {
+            bad = `Cluster allocation offset ${hexAlt(host)} unaligned (L2 offset: ${hexAlt(l2off)}, L2 index: ${hexAlt(index)})`;
+          } else if (cfg.hasDataFile && host !== clusterStart) {
+            bad = `External data file host cluster offset ${hexAlt(host)} does not match guest cluster offset: ${hexAlt(clusterStart)}, L2 index: ${hexAlt(index)})`;
+          }
+        }
+        if (bad !== undefined) {
+          if (first) throw corruption(bad);
+          break walk;
+        }
+        while (pos < clusterEnd) {
+          const inCluster = pos - clusterStart;
+          const sc = Math.floor(inCluster / subSize);
+          const st = subclusterType(ct, cfg.extL2, allocBits, zeroBits, sc);
+          if (st === Sub.INVALID) {
+            if (type === -1) throw corruption(`Invalid cluster entry found (L2 offset: ${hexAlt(l2off)}, L2 index: ${hexAlt(index)})`);
+            break walk;
+          }
+          const h = hasHostOffset(st) ? host + inCluster : -1;
+          if (type === -1) {
+            type = st;
+            startHost = h;
+          } else if (st !== type || (h !== -1 && h !== nextHost)) {
+            break walk;
+          }
+          const unitEnd = Math.min(clusterEnd, clusterStart + (sc + 1) * subSize);
+          if (h !== -1) nextHost = h + (unitEnd - pos);
+          pos = unitEnd;
+        }
+      }
+    }
+    return { type: type === -1 ? Sub.UNALLOCATED_PLAIN : type, length: pos - offset, hostOffset: startHost };
+  }
+}

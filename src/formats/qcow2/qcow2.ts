@@ -1,0 +1,265 @@
+/**
+ * The qcow2 driver (read side): opening with QEMU's validation, mapping
+ * guest ranges through L1/L2, compressed reads, and qemu-img info's
+ * qcow2 fields.
+ */
+import type { DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { DriverInfo, FormatSpecific } from '../../block/info.js';
+import { ImageError } from '../../errors.js';
+import type { Storage } from '../../io/storage.js';
+import { bitmapInfo, readBitmapDirectory } from './bitmap.js';
+import * as C from './constants.js';
+import { Decompressor } from './compress.js';
+import { readHeader, sizeToL1, type Qcow2Header } from './header.js';
+import { Sub } from './l2.js';
+import { LUKS_HEADER_SIZE, parseLuksHeader, type LuksInfo } from './luks-info.js';
+import { L2Mapper } from './mapping.js';
+import { RefcountReader } from './refcount.js';
+import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
+
+export interface Qcow2Parts {
+  header: Qcow2Header;
+  storage: Storage;
+  /** Where guest data lives: the image file, or the external data file once opened. */
+  dataStorage: Storage | undefined;
+  /** Close dataStorage with the image (we opened it). */
+  ownsDataStorage: boolean;
+  l1: Uint8Array;
+  snapshots: Snapshot[];
+  luks: LuksInfo | undefined;
+  ctx: DriverContext;
+}
+
+export class Qcow2Driver implements FormatDriver {
+  readonly format = 'qcow2' as const;
+  readonly size: number;
+  readonly storage: Storage;
+  readonly writable = false;
+  readonly backing?: { name: string; format?: string };
+  readonly header: Qcow2Header;
+  readonly snapshots: readonly Snapshot[];
+
+  private readonly parts: Qcow2Parts;
+  private readonly clusterSize: number;
+  private readonly mapper: L2Mapper;
+  private readonly refcounts: RefcountReader;
+  private readonly decompressor: Decompressor;
+  private readonly hasDataFile: boolean;
+  private preallocation: Promise<boolean> | undefined;
+
+  constructor(parts: Qcow2Parts) {
+    const h = parts.header;
+    this.parts = parts;
+    this.header = h;
+    this.storage = parts.storage;
+    this.snapshots = parts.snapshots;
+    this.clusterSize = h.clusterSize;
+    // QEMU counts whole sectors: the size field rounds down to 512.
+    this.size = h.size - (h.size % C.SECTOR_SIZE);
+    if (h.backingFile !== undefined) {
+      this.backing = h.extensions.backingFormat !== undefined ? { name: h.backingFile, format: h.extensions.backingFormat } : { name: h.backingFile };
+    }
+    const inc = Number(h.incompatibleFeatures);
+    this.hasDataFile = (inc & C.INCOMPAT_DATA_FILE) !== 0;
+    const extL2 = (inc & C.INCOMPAT_EXTL2) !== 0;
+    const entrySize = extL2 ? C.L2_ENTRY_SIZE_EXTENDED : C.L2_ENTRY_SIZE;
+    const tablesNeeded = Number(sizeToL1(BigInt(h.size), h.clusterBits, h.clusterBits - Math.log2(entrySize)));
+    this.mapper = new L2Mapper({
+      storage: parts.storage,
+      clusterBits: h.clusterBits,
+      extL2,
+      hasDataFile: this.hasDataFile,
+      version: h.version,
+      l1: parts.l1,
+      l1Size: h.l1Size,
+      // QEMU's default: enough to cover the image, at most 32 MiB of tables.
+      cacheTables: Math.max(2, Math.min(Math.floor(C.L2_CACHE_MAX_BYTES / h.clusterSize), tablesNeeded)),
+    });
+    this.refcounts = new RefcountReader({
+      storage: parts.storage,
+      clusterBits: h.clusterBits,
+      refcountOrder: h.refcountOrder,
+      tableOffset: h.refcountTableOffset,
+      tableClusters: h.refcountTableClusters,
+    });
+    this.decompressor = new Decompressor(parts.storage, h.clusterBits, h.compressionType, parts.ctx.codecs);
+  }
+
+  get encrypted(): boolean {
+    return this.header.cryptMethod !== C.CRYPT_NONE;
+  }
+
+  private checkReadable(): void {
+    if (this.encrypted) throw new ImageError('needs-secret', "Parameter 'encrypt.key-secret' is required for cipher");
+  }
+
+  private dataStorage(): Storage {
+    const s = this.parts.dataStorage;
+    if (s) return s;
+    if (this.parts.ctx.metadataOnly) throw new ImageError('bad-argument', 'The external data file was not opened: the image was opened for metadata only');
+    throw new ImageError('invalid', "'data-file' is required for this image");
+  }
+
+  async getMapping(offset: number, maxLength: number): Promise<Mapping> {
+    this.checkReadable();
+    const run = await this.mapper.lookup(offset, maxLength);
+    const length = run.length;
+    switch (run.type) {
+      case Sub.NORMAL: {
+        const storage = this.dataStorage();
+        const m: Mapping = { kind: 'data', length, storage, hostOffset: run.hostOffset };
+        if (await this.metadataPreallocated()) m.recurse = true;
+        return m;
+      }
+      case Sub.ZERO_ALLOC:
+        return { kind: 'zero', length, storage: this.dataStorage(), hostOffset: run.hostOffset };
+      case Sub.ZERO_PLAIN:
+        return { kind: 'zero', length };
+      case Sub.UNALLOCATED_ALLOC:
+        return { kind: 'unallocated', length, storage: this.dataStorage(), hostOffset: run.hostOffset };
+      case Sub.COMPRESSED:
+        return { kind: 'compressed', length };
+      default:
+        return { kind: 'unallocated', length };
+    }
+  }
+
+  async readCompressed(offset: number, into: Uint8Array): Promise<void> {
+    this.checkReadable();
+    const cs = this.clusterSize;
+    let pos = 0;
+    while (pos < into.length) {
+      const g = offset + pos;
+      const e = await this.mapper.entry(g);
+      if (!(e.hi & C.OFLAG_COMPRESSED_HI)) {
+        throw new ImageError('bad-argument', `Guest offset ${g} is not in a compressed cluster`);
+      }
+      const data = await this.decompressor.cluster(e.hi, e.lo);
+      const inCluster = g % cs;
+      const n = Math.min(cs - inCluster, into.length - pos);
+      into.set(data.subarray(inCluster, inCluster + n), pos);
+      pos += n;
+    }
+  }
+
+  /**
+   * qcow2_detect_metadata_preallocation, once: many more clusters carry a
+   * refcount than the host file really allocates, so holes in the file are
+   * preallocated-but-unwritten data.
+   */
+  metadataPreallocated(): Promise<boolean> {
+    this.preallocation ??= (async () => {
+      const s = this.storage;
+      if (!s.allocatedSize) return false;
+      const real = await s.allocatedSize();
+      if (real === undefined) return false;
+      const fileLength = await s.size();
+      const realClusters = Math.floor(real / this.clusterSize);
+      const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+      const end = Math.ceil(fileLength / this.clusterSize);
+      const count = await this.refcounts.countAllocated(end, threshold);
+      return count >= threshold;
+    })();
+    return this.preallocation;
+  }
+
+  /** Refcount of a host cluster of the image file. */
+  refcount(cluster: number): Promise<number> {
+    return this.refcounts.refcount(cluster);
+  }
+
+  async info(): Promise<DriverInfo> {
+    const h = this.header;
+    const inc = Number(h.incompatibleFeatures);
+    const data: Record<string, unknown> = {
+      compat: h.version === 2 ? '0.10' : '1.1',
+      'compression-type': C.COMPRESSION_NAMES[h.compressionType as 0 | 1],
+      'refcount-bits': 2 ** h.refcountOrder,
+    };
+    if (h.version === 3) {
+      data['lazy-refcounts'] = (Number(h.compatibleFeatures & 0xffffffffn) & C.COMPAT_LAZY_REFCOUNTS) !== 0;
+      data.corrupt = (inc & C.INCOMPAT_CORRUPT) !== 0;
+      data['extended-l2'] = (inc & C.INCOMPAT_EXTL2) !== 0;
+      if (h.extensions.dataFile !== undefined) data['data-file'] = h.extensions.dataFile;
+      if (this.hasDataFile) data['data-file-raw'] = (Number(h.autoclearFeatures & 0xffffffffn) & C.AUTOCLEAR_DATA_FILE_RAW) !== 0;
+      if (h.extensions.bitmaps) {
+        const dir = await readBitmapDirectory(this.storage, h.extensions.bitmaps, this.clusterSize, this.size);
+        if (dir.length > 0) data.bitmaps = dir.map(bitmapInfo);
+      }
+    }
+    if (h.cryptMethod === C.CRYPT_AES) data.encrypt = { format: 'aes' };
+    else if (this.parts.luks) data.encrypt = this.parts.luks;
+    const formatSpecific: FormatSpecific = { type: 'qcow2', data };
+    const info: DriverInfo = {
+      clusterSize: this.clusterSize,
+      encrypted: this.encrypted,
+      dirty: (inc & C.INCOMPAT_DIRTY) !== 0,
+      formatSpecific,
+    };
+    if (this.snapshots.length > 0) info.snapshots = this.snapshots.map(snapshotInfo);
+    return info;
+  }
+
+  async flush(): Promise<void> {}
+
+  async close(): Promise<void> {
+    try {
+      if (this.parts.ownsDataStorage) await this.parts.dataStorage?.close();
+    } finally {
+      await this.storage.close();
+    }
+  }
+}
+
+/** Active L1 table, read only as far as the file goes (the rest reads as zero). */
+async function readL1(storage: Storage, h: Qcow2Header, fileSize: number): Promise<Uint8Array> {
+  const want = h.l1Size * C.L1_ENTRY_SIZE; // <= 32 MiB, validated
+  const avail = Math.max(0, Math.min(want, fileSize - h.l1TableOffset));
+  const buf = new Uint8Array(avail - (avail % C.L1_ENTRY_SIZE));
+  if (buf.length > 0) await storage.read(buf, h.l1TableOffset);
+  return buf;
+}
+
+export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
+  const storage = ctx.storage;
+  const header = await readHeader(storage, { writable: ctx.writable });
+  const fileSize = await storage.size();
+  const l1 = await readL1(storage, header, fileSize);
+  const inc = Number(header.incompatibleFeatures);
+  const ext = header.extensions;
+
+  let luks: LuksInfo | undefined;
+  if (header.cryptMethod === C.CRYPT_LUKS) {
+    if (!ext.cryptoHeader) throw new ImageError('invalid', 'LUKS encrypted image has no encryption header extension');
+    const buf = new Uint8Array(LUKS_HEADER_SIZE);
+    await storage.read(buf, ext.cryptoHeader.offset);
+    luks = parseLuksHeader(buf);
+  }
+
+  let dataStorage: Storage | undefined;
+  let ownsDataStorage = false;
+  if (inc & C.INCOMPAT_DATA_FILE) {
+    if (ctx.dataFile) {
+      dataStorage = ctx.dataFile;
+    } else if (!ctx.metadataOnly) {
+      if (ext.dataFile === undefined) throw new ImageError('invalid', "'data-file' is required for this image");
+      dataStorage = await ctx.openDataFile(ext.dataFile);
+      ownsDataStorage = true;
+    }
+  } else {
+    if (ctx.dataFile) throw new ImageError('invalid', "'data-file' can only be set for images with an external data file");
+    if (Number(header.autoclearFeatures & 0xffffffffn) & C.AUTOCLEAR_DATA_FILE_RAW) {
+      throw new ImageError('invalid', 'data-file-raw requires a data file');
+    }
+    dataStorage = storage;
+  }
+
+  try {
+    const virtualSize = header.size - (header.size % C.SECTOR_SIZE);
+    const snapshots = await readSnapshots(storage, header.snapshotsOffset, header.nbSnapshots, virtualSize);
+    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx });
+  } catch (e) {
+    if (ownsDataStorage) await dataStorage?.close().catch(() => {});
+    throw e;
+  }
+}
