@@ -24,6 +24,11 @@ export class Decompressor {
     this.codecs = codecs;
   }
 
+  /** Forget the cached cluster: its host bytes may be reused by a write. */
+  invalidate(): void {
+    this.last = undefined;
+  }
+
   /** The decompressed cluster for the descriptor words (do not modify the result). */
   cluster(hi: number, lo: number): Promise<Uint8Array> {
     const d = decodeCompressed(hi, lo, this.clusterBits);

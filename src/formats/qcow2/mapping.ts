@@ -45,6 +45,10 @@ export class L2Mapper {
   private readonly subSize: number;
   private readonly l1View: DataView;
   private readonly cache = new Map<number, Promise<DataView>>();
+  /** Tables changed in memory and not yet written (pinned in the cache), by L1 index. */
+  private readonly dirtyTables = new Set<number>();
+  /** L1 entries changed in memory and not yet written. */
+  private readonly dirtyL1 = new Set<number>();
 
   constructor(cfg: MapperConfig) {
     this.cfg = cfg;
@@ -85,22 +89,108 @@ export class L2Mapper {
     p.catch(() => {
       if (this.cache.get(l1Index) === p) this.cache.delete(l1Index);
     });
-    while (this.cache.size > this.cfg.cacheTables) {
-      const oldest = this.cache.keys().next().value as number;
-      this.cache.delete(oldest);
-    }
+    this.evict();
     return p;
   }
 
+  /** Drop least recently used clean tables; dirty ones stay until flushed. */
+  private evict(): void {
+    if (this.cache.size <= this.cfg.cacheTables) return;
+    for (const key of this.cache.keys()) {
+      if (this.cache.size <= this.cfg.cacheTables) break;
+      if (!this.dirtyTables.has(key)) this.cache.delete(key);
+    }
+  }
+
+  // --- writing: callers hold the image's metadata mutex ---
+
+  /** Guest bytes covered by one L2 table. */
+  get tableSpan(): number {
+    return this.l1Span;
+  }
+
+  /** The raw L1 entry words for index i (0,0 past the table). */
+  l1Entry(i: number): { hi: number; lo: number } {
+    if (i >= this.cfg.l1Size || (i + 1) * C.L1_ENTRY_SIZE > this.cfg.l1.length) return { hi: 0, lo: 0 };
+    return { hi: this.l1View.getUint32(i * C.L1_ENTRY_SIZE, false), lo: this.l1View.getUint32(i * C.L1_ENTRY_SIZE + 4, false) };
+  }
+
+  /** Point L1 entry i at an L2 table (COPIED: this table is ours alone). */
+  setL1(i: number, offset: number, copied: boolean): void {
+    if ((i + 1) * C.L1_ENTRY_SIZE > this.cfg.l1.length) throw new ImageError('invalid', `L1 index ${i} is beyond the L1 table`);
+    this.l1View.setUint32(i * C.L1_ENTRY_SIZE, Math.floor(offset / 0x1_0000_0000) | (copied ? C.OFLAG_COPIED_HI : 0), false);
+    this.l1View.setUint32(i * C.L1_ENTRY_SIZE + 4, offset >>> 0, false);
+    this.dirtyL1.add(i);
+  }
+
+  /** The L2 table of L1 index i for modification (pinned until written), or undefined if none. */
+  async tableForWrite(i: number): Promise<DataView | undefined> {
+    const off = this.l2Offset(i);
+    if (off === 0) return undefined;
+    const t = await this.table(i, off);
+    this.dirtyTables.add(i);
+    return t;
+  }
+
+  /** Install a new (already modified) table for L1 index i; written at the next flush. */
+  installTable(i: number, view: DataView): void {
+    this.cache.delete(i);
+    this.cache.set(i, Promise.resolve(view));
+    this.dirtyTables.add(i);
+  }
+
+  /** More dirty tables than the cache is meant to hold. */
+  get overCapacity(): boolean {
+    return this.dirtyTables.size > this.cfg.cacheTables;
+  }
+
+  get hasDirty(): boolean {
+    return this.dirtyTables.size > 0 || this.dirtyL1.size > 0;
+  }
+
+  /** Write every dirty L2 table (no sync). */
+  async writeDirtyTables(): Promise<void> {
+    for (const i of [...this.dirtyTables].sort((a, b) => a - b)) {
+      const off = this.l2Offset(i);
+      const t = await this.cache.get(i);
+      if (off !== 0 && t) await this.cfg.storage.write(new Uint8Array(t.buffer, t.byteOffset, this.clusterSize), off);
+      this.dirtyTables.delete(i);
+    }
+    this.evict();
+  }
+
+  /** Write every dirty L1 entry, coalesced into runs (no sync). */
+  async writeDirtyL1(l1Offset: number): Promise<void> {
+    const idx = [...this.dirtyL1].sort((a, b) => a - b);
+    this.dirtyL1.clear();
+    for (let k = 0; k < idx.length; ) {
+      let e = k;
+      while (e + 1 < idx.length && idx[e + 1] === idx[e]! + 1) e++;
+      const first = idx[k]!;
+      const n = idx[e]! - first + 1;
+      const bytes = this.cfg.l1.subarray(first * C.L1_ENTRY_SIZE, (first + n) * C.L1_ENTRY_SIZE);
+      await this.cfg.storage.write(bytes, l1Offset + first * C.L1_ENTRY_SIZE);
+      k = e + 1;
+    }
+  }
+
   /** The raw L2 entry words of the cluster holding guest `offset` (0,0 if unallocated). */
-  async entry(offset: number): Promise<{ hi: number; lo: number; l2Offset: number; index: number }> {
+  async entry(offset: number): Promise<{ hi: number; lo: number; zeroBits: number; allocBits: number; l2Offset: number; index: number }> {
     const l1i = Math.floor(offset / this.l1Span);
     const l2off = this.l2Offset(l1i);
     const index = Math.floor((offset % this.l1Span) / this.clusterSize);
-    if (l2off === 0) return { hi: 0, lo: 0, l2Offset: 0, index };
+    if (l2off === 0) return { hi: 0, lo: 0, zeroBits: 0, allocBits: 0, l2Offset: 0, index };
     const t = await this.table(l1i, l2off);
     const p = index * this.entrySize;
-    return { hi: t.getUint32(p, false), lo: t.getUint32(p + 4, false), l2Offset: l2off, index };
+    const ext = this.cfg.extL2;
+    return {
+      hi: t.getUint32(p, false),
+      lo: t.getUint32(p + 4, false),
+      zeroBits: ext ? t.getUint32(p + 8, false) : 0,
+      allocBits: ext ? t.getUint32(p + 12, false) : 0,
+      l2Offset: l2off,
+      index,
+    };
   }
 
   /** The run starting at guest `offset`, at most `maxLength` bytes (> 0). */

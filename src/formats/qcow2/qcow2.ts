@@ -3,19 +3,21 @@
  * guest ranges through L1/L2, compressed reads, and qemu-img info's
  * qcow2 fields.
  */
-import type { DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { BackingReader, DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
 import type { DriverInfo, FormatSpecific } from '../../block/info.js';
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { bitmapInfo, readBitmapDirectory } from './bitmap.js';
 import * as C from './constants.js';
 import { Decompressor } from './compress.js';
-import { readHeader, sizeToL1, type Qcow2Header } from './header.js';
+import { readHeader, serializeHeader, sizeToL1, type Qcow2Header } from './header.js';
 import { Sub } from './l2.js';
 import { LUKS_HEADER_SIZE, parseLuksHeader, type LuksInfo } from './luks-info.js';
 import { L2Mapper } from './mapping.js';
 import { RefcountReader } from './refcount.js';
+import { RefcountStore } from './refcounts.js';
 import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
+import { Qcow2Writer } from './writer.js';
 
 export interface Qcow2Parts {
   header: Qcow2Header;
@@ -28,13 +30,15 @@ export interface Qcow2Parts {
   snapshots: Snapshot[];
   luks: LuksInfo | undefined;
   ctx: DriverContext;
+  /** Present when the image is open for writing. */
+  refcountStore?: RefcountStore;
 }
 
 export class Qcow2Driver implements FormatDriver {
   readonly format = 'qcow2' as const;
   readonly size: number;
   readonly storage: Storage;
-  readonly writable = false;
+  readonly writable: boolean;
   readonly backing?: { name: string; format?: string };
   readonly header: Qcow2Header;
   readonly snapshots: readonly Snapshot[];
@@ -46,6 +50,9 @@ export class Qcow2Driver implements FormatDriver {
   private readonly decompressor: Decompressor;
   private readonly hasDataFile: boolean;
   private preallocation: Promise<boolean> | undefined;
+  private backingReader: BackingReader | null = null;
+  private readonly writer: Qcow2Writer | undefined;
+  private prepared = false;
 
   constructor(parts: Qcow2Parts) {
     const h = parts.header;
@@ -83,6 +90,111 @@ export class Qcow2Driver implements FormatDriver {
       tableClusters: h.refcountTableClusters,
     });
     this.decompressor = new Decompressor(parts.storage, h.clusterBits, h.compressionType, parts.ctx.codecs);
+    this.writable = parts.refcountStore !== undefined;
+    if (parts.refcountStore) {
+      const autoclear = Number(h.autoclearFeatures & 0xffffffffn);
+      this.writer = new Qcow2Writer({
+        storage: parts.storage,
+        data: parts.dataStorage ?? parts.storage,
+        clusterBits: h.clusterBits,
+        version: h.version,
+        extL2,
+        hasDataFile: this.hasDataFile,
+        dataFileRaw: (autoclear & C.AUTOCLEAR_DATA_FILE_RAW) !== 0,
+        lazyRefcounts: (Number(h.compatibleFeatures & 0xffffffffn) & C.COMPAT_LAZY_REFCOUNTS) !== 0,
+        compressionType: h.compressionType,
+        size: this.size,
+        l1Offset: h.l1TableOffset,
+        hasBacking: () => this.backingReader !== null,
+        mapper: this.mapper,
+        refcounts: parts.refcountStore,
+        decompressor: this.decompressor,
+        codecs: parts.ctx.codecs,
+        readGuest: (offset, into) => this.readGuest(offset, into),
+        setIncompatible: (bits, on) => this.setIncompatible(bits, on),
+      });
+    }
+  }
+
+  attachBacking(backing: BackingReader | null): void {
+    this.backingReader = backing;
+  }
+
+  /**
+   * Guest bytes as they read now, for copy-on-write. The caller holds the
+   * range lock of these clusters, so their mappings cannot change under us.
+   */
+  private async readGuest(offset: number, into: Uint8Array): Promise<void> {
+    const end = Math.min(offset + into.length, this.size);
+    let pos = 0;
+    while (offset + pos < end) {
+      const m = await this.getMapping(offset + pos, end - offset - pos);
+      const part = into.subarray(pos, pos + m.length);
+      if (m.kind === 'data') await m.storage.read(part, m.hostOffset);
+      else if (m.kind === 'compressed') await this.readCompressed(offset + pos, part);
+      else if (m.kind === 'unallocated' && this.backingReader) {
+        const b = this.backingReader;
+        const n = Math.max(0, Math.min(part.length, b.size - (offset + pos)));
+        if (n > 0) await b.read(offset + pos, part.subarray(0, n));
+        part.fill(0, n);
+      } else part.fill(0);
+      pos += m.length;
+    }
+    into.fill(0, Math.max(0, end - offset));
+  }
+
+  /** Set or clear incompatible feature bits: 8 bytes of the header, synced. */
+  private async setIncompatible(bits: number, on: boolean): Promise<void> {
+    const h = this.header;
+    h.incompatibleFeatures = on ? h.incompatibleFeatures | BigInt(bits) : h.incompatibleFeatures & ~BigInt(bits);
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, h.incompatibleFeatures, false);
+    await this.storage.write(b, 72);
+    await this.storage.flush();
+  }
+
+  /**
+   * Before the first change: autoclear features qimg does not maintain
+   * (including bitmaps, which a write would make stale) are cleared, as the
+   * spec requires of a program that does not support them.
+   */
+  private async prepareForWrite(): Promise<void> {
+    if (this.prepared) return;
+    this.prepared = true;
+    if (this.encrypted) throw new ImageError('needs-secret', "Parameter 'encrypt.key-secret' is required for cipher");
+    const h = this.header;
+    const keep = BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
+    if ((h.autoclearFeatures & ~keep) !== 0n) {
+      h.autoclearFeatures &= keep;
+      if (h.version === 3) {
+        await this.storage.write(serializeHeader(h), 0);
+        await this.storage.flush();
+      }
+    }
+  }
+
+  private writerOrThrow(): Qcow2Writer {
+    if (!this.writer) throw new ImageError('read-only', 'Image is read-only');
+    return this.writer;
+  }
+
+  async write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void> {
+    const w = this.writerOrThrow();
+    await this.prepareForWrite();
+    if (opts?.compressed) return w.writeCompressed(offset, data);
+    return w.write(offset, data);
+  }
+
+  async writeZeroes(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void> {
+    const w = this.writerOrThrow();
+    await this.prepareForWrite();
+    return w.writeZeroes(offset, length, opts.mayUnmap);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    const w = this.writerOrThrow();
+    await this.prepareForWrite();
+    return w.discard(offset, length);
   }
 
   get encrypted(): boolean {
@@ -200,15 +312,25 @@ export class Qcow2Driver implements FormatDriver {
     return info;
   }
 
-  async flush(): Promise<void> {}
+  async flush(): Promise<void> {
+    await this.writer?.flush();
+  }
 
   async close(): Promise<void> {
     try {
+      await this.writer?.close();
       if (this.parts.ownsDataStorage) await this.parts.dataStorage?.close();
     } finally {
       await this.storage.close();
     }
   }
+}
+
+/** The whole active L1 table (writable opens update it in place). */
+async function readWholeL1(storage: Storage, h: Qcow2Header): Promise<Uint8Array> {
+  const buf = new Uint8Array(h.l1Size * C.L1_ENTRY_SIZE);
+  await storage.read(buf, h.l1TableOffset);
+  return buf;
 }
 
 /** Active L1 table, read only as far as the file goes (the rest reads as zero). */
@@ -224,7 +346,7 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   const storage = ctx.storage;
   const header = await readHeader(storage, { writable: ctx.writable });
   const fileSize = await storage.size();
-  const l1 = await readL1(storage, header, fileSize);
+  const l1 = ctx.writable ? await readWholeL1(storage, header) : await readL1(storage, header, fileSize);
   const inc = Number(header.incompatibleFeatures);
   const ext = header.extensions;
 
@@ -257,7 +379,30 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   try {
     const virtualSize = header.size - (header.size % C.SECTOR_SIZE);
     const snapshots = await readSnapshots(storage, header.snapshotsOffset, header.nbSnapshots, virtualSize);
-    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx });
+    let refcountStore: RefcountStore | undefined;
+    if (ctx.writable) {
+      if (inc & C.INCOMPAT_DIRTY) {
+        throw new ImageError('unsupported', "The image was not closed cleanly (lazy refcounts); repair it with 'qimg check -r all' before writing");
+      }
+      refcountStore = await RefcountStore.load({
+        storage,
+        clusterBits: header.clusterBits,
+        refcountOrder: header.refcountOrder,
+        tableOffset: header.refcountTableOffset,
+        tableClusters: header.refcountTableClusters,
+        onTableMoved: async (offset, clusters) => {
+          header.refcountTableOffset = offset;
+          header.refcountTableClusters = clusters;
+          const b = new Uint8Array(12);
+          const v = new DataView(b.buffer);
+          v.setBigUint64(0, BigInt(offset), false);
+          v.setUint32(8, clusters, false);
+          await storage.write(b, 48);
+          await storage.flush();
+        },
+      });
+    }
+    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore });
   } catch (e) {
     if (ownsDataStorage) await dataStorage?.close().catch(() => {});
     throw e;
