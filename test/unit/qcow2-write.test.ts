@@ -100,7 +100,7 @@ for (const v of variants) {
           const path = join(dir, `t${run}.qcow2`);
           const base = join(dir, `b${run}.raw`);
           run++;
-          let model = new Uint8Array(v.size);
+          let model: Uint8Array = new Uint8Array(v.size);
           const args = ['create', '-q', '-f', 'qcow2'];
           let opts = v.opts;
           if (v.dataFile) opts = `${opts ? `${opts},` : ''}data_file=${path}.data`;

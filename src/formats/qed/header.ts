@@ -4,7 +4,7 @@
  */
 import { ImageError, invalid, unsupported } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
-import { isPowerOfTwo, readU64, readU64Big } from '../../units.js';
+import { isPowerOfTwo, readU64, readU64Big, writeU64 } from '../../units.js';
 import {
   ENTRY_BYTES,
   FEATURE_MASK,
@@ -138,4 +138,22 @@ export async function readBacking(storage: Storage, header: QedHeader): Promise<
   const name = new TextDecoder().decode(nul < 0 ? raw : raw.subarray(0, nul));
   if (name === '') return undefined;
   return hasFeature(header, F_BACKING_FORMAT_NO_PROBE) ? { name, format: 'raw' } : { name };
+}
+
+/** The HEADER_BYTES QEMU writes for `h` (qed_header_cpu_to_le). */
+export function serializeHeader(h: QedHeader): Uint8Array {
+  const out = new Uint8Array(HEADER_BYTES);
+  const v = new DataView(out.buffer);
+  v.setUint32(HEADER.magic, QED_MAGIC, true);
+  v.setUint32(HEADER.clusterSize, h.clusterSize, true);
+  v.setUint32(HEADER.tableSize, h.tableSize, true);
+  v.setUint32(HEADER.headerSize, h.headerSize, true);
+  v.setBigUint64(HEADER.features, h.features & U64_MASK, true);
+  v.setBigUint64(HEADER.compatFeatures, h.compatFeatures & U64_MASK, true);
+  v.setBigUint64(HEADER.autoclearFeatures, h.autoclearFeatures & U64_MASK, true);
+  writeU64(v, HEADER.l1TableOffset, h.l1TableOffset, true);
+  writeU64(v, HEADER.imageSize, h.imageSize, true);
+  v.setUint32(HEADER.backingFilenameOffset, h.backingFilenameOffset, true);
+  v.setUint32(HEADER.backingFilenameSize, h.backingFilenameSize, true);
+  return out;
 }

@@ -7,7 +7,7 @@
 import type { Mapping } from '../../block/driver.js';
 import { ImageError, corrupt } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
-import { divCeil } from '../../units.js';
+import { divCeil, writeU64 } from '../../units.js';
 import { ENTRY_BYTES, TABLE_CACHE_CHUNKS, TABLE_CHUNK_BYTES } from './constants.js';
 import { entryAt, isUnallocated, isValidClusterOffset, isValidTableOffset, isZeroCluster, type QedGeometry } from './table.js';
 
@@ -60,6 +60,25 @@ class TableCache {
 
   clear(): void {
     this.entries.clear();
+  }
+
+  /**
+   * Apply `fn` to the cached piece at `hostOffset`, if any (including one
+   * still loading), once the same change is on the storage.
+   */
+  async patch(hostOffset: number, fn: (view: DataView) => void): Promise<void> {
+    const hit = this.entries.get(hostOffset);
+    if (!hit) return;
+    try {
+      fn(await hit);
+    } catch {
+      // A failed load is dropped from the cache; nothing to patch.
+    }
+  }
+
+  /** Forget pieces starting in [start, end). */
+  drop(start: number, end: number): void {
+    for (const k of [...this.entries.keys()]) if (k >= start && k < end) this.entries.delete(k);
   }
 }
 
@@ -182,8 +201,42 @@ export class QedMapper {
     return { kind, length: Math.min(stop, end) - pos, host: kind === 'data' ? first + (pos % cs) : 0 };
   }
 
-  /** Forget cached tables. */
+  /** Forget cached tables (and the L1 table: it is read again when next needed). */
   clear(): void {
     this.cache.clear();
+    this.l1 = undefined;
+  }
+
+  /** The L1 entry `index` (below the reachable count). */
+  async l1Entry(index: number): Promise<number> {
+    return entryAt(await this.loadL1(), index);
+  }
+
+  /** Record an L1 entry already written to the storage. */
+  async setL1Entry(index: number, value: number): Promise<void> {
+    writeU64(await this.loadL1(), index * ENTRY_BYTES, value, true);
+  }
+
+  /** A new table is about to appear at [start, end): nothing cached there may survive. */
+  forgetRange(start: number, end: number): void {
+    this.cache.drop(start, end);
+  }
+
+  /**
+   * Record L2 entries already written to the storage: `values` from entry
+   * `index` of the table at `l2Offset` (one run inside one table).
+   */
+  async setL2Entries(l2Offset: number, index: number, values: readonly number[]): Promise<void> {
+    let i = 0;
+    while (i < values.length) {
+      const at = index + i;
+      const chunkStart = at - (at % this.chunkEntries);
+      const n = Math.min(values.length - i, chunkStart + this.chunkEntries - at);
+      const from = i;
+      await this.cache.patch(l2Offset + chunkStart * ENTRY_BYTES, (view) => {
+        for (let k = 0; k < n; k++) writeU64(view, (at - chunkStart + k) * ENTRY_BYTES, values[from + k]!, true);
+      });
+      i += n;
+    }
   }
 }

@@ -1,0 +1,129 @@
+/** What every subcommand shares: errors, output, opening images. */
+import { openImageFile } from '../node.js';
+import type { Image } from '../block/image.js';
+import { parseFormatName } from '../block/probe.js';
+import type { ImageFormat } from '../block/driver.js';
+import { UsageError } from './options.js';
+import { toFixedC } from './format.js';
+
+export const PROG = 'qimg';
+
+/** A failure to report as `qimg: <message>` with an exit code. */
+export class CliError extends Error {
+  readonly exitCode: number;
+  constructor(message: string, exitCode = 1, options?: { cause?: unknown }) {
+    super(message, options);
+    this.exitCode = exitCode;
+  }
+}
+
+export { UsageError };
+
+export const out = (s: string): void => {
+  process.stdout.write(s);
+};
+
+export const err = (s: string): void => {
+  process.stderr.write(s);
+};
+
+/** strerror() texts for the errno codes Node reports. */
+const STRERROR: Record<string, string> = {
+  ENOENT: 'No such file or directory',
+  EACCES: 'Permission denied',
+  EPERM: 'Operation not permitted',
+  EISDIR: 'Is a directory',
+  ENOTDIR: 'Not a directory',
+  EROFS: 'Read-only file system',
+  ENOSPC: 'No space left on device',
+  ELOOP: 'Too many levels of symbolic links',
+  EEXIST: 'File exists',
+  EIO: 'Input/output error',
+  EINVAL: 'Invalid argument',
+  EFBIG: 'File too large',
+  EMFILE: 'Too many open files',
+  ENAMETOOLONG: 'File name too long',
+  EAGAIN: 'Resource temporarily unavailable',
+  EBADF: 'Bad file descriptor',
+};
+
+export function strerror(e: unknown): string {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string' && STRERROR[code]) return STRERROR[code];
+  return e instanceof Error ? e.message : String(e);
+}
+
+export const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+
+export interface OpenCliOptions {
+  format?: string;
+  backing?: boolean;
+  metadataOnly?: boolean;
+  /** Exit code for open failures (compare uses 2). */
+  exitCode?: number;
+}
+
+/** Open as qemu-img's img_open does, with its "Could not open 'X': ..." wrapping. */
+export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<Image> {
+  const code = opts.exitCode ?? 1;
+  let format: ImageFormat | undefined;
+  if (opts.format !== undefined) {
+    format = parseFormatName(opts.format);
+    if (format === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${opts.format}'`, code);
+  }
+  try {
+    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly });
+  } catch (e) {
+    throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
+  }
+}
+
+const CACHE_MODES = new Set(['none', 'writeback', 'writethrough', 'directsync', 'unsafe', 'off']);
+export const validCache = (mode: string): boolean => CACHE_MODES.has(mode);
+
+/** --output: qemu-img 7.2 accepts exactly "human" and "json". */
+export function outputFormat(v: string): 'human' | 'json' {
+  if (v === 'human' || v === 'json') return v;
+  throw new CliError('--output must be used with human or json as argument.');
+}
+
+/**
+ * qemu-img's cvtnum_full: a size with suffixes, or its two-line complaint.
+ */
+export function cvtnum(name: string, text: string, parse: (t: string) => number | undefined, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const v = parse(text);
+  if (v === undefined) {
+    throw new CliError(
+      `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for\n${PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`,
+    );
+  }
+  if (v < min || v > max) throw new CliError(`Invalid ${name} specified. Must be between ${min} and ${max}.`);
+  return v;
+}
+
+/** qemu's progress meter (util/qemu-progress.c): prints when it moves by min_skip percent. */
+export class Progress {
+  private current = 0;
+  private last = 0;
+  constructor(
+    private readonly enabled: boolean,
+    private readonly minSkip: number,
+  ) {}
+
+  /** max=0: `value` is the new absolute percentage; otherwise an increment scaled by max/100. */
+  print(value: number, max: number): void {
+    // qemu keeps the meter in single precision; the printed digits depend on it.
+    let current = Math.fround(max === 0 ? value : this.current + Math.fround(Math.fround(value / 100) * max));
+    if (current > 100) current = 100;
+    this.current = current;
+    if (current > this.last + this.minSkip || current < this.last - this.minSkip || current === 0 || current === 100) {
+      this.last = current;
+      if (this.enabled) out(`    (${toFixedC(current, 2)}/100%)\r`);
+    }
+  }
+
+  end(): void {
+    if (this.enabled) out('\n');
+  }
+}

@@ -1,0 +1,459 @@
+/**
+ * qimg io: qemu-io's command language on one open image. Each command's
+ * output is written as soon as it completes, in qemu-io's exact words.
+ */
+import { createInterface } from 'node:readline';
+import type { Image } from '../../block/image.js';
+import { parseFormatName } from '../../block/probe.js';
+import { openImageFile } from '../../node.js';
+import { CliError, err, messageOf, out, validCache } from '../common.js';
+import { cvtstr, timestr, toFixedC } from '../format.js';
+import { dumpQObject } from '../img/info.js';
+import { getopt, parseSize } from '../options.js';
+
+export const ioHelp = `usage: qimg io [-f fmt] [-r] [-U] [-t cache] [-c command]... [file]
+
+Run qemu-io commands on an image; without -c, commands are read from stdin.
+  -c, --cmd=STRING   command to run (repeatable), e.g. -c 'read -P 0 0 64k'
+  -f, --format=FMT   image format (raw, qcow2, qed); probed when absent
+  -r, --read-only    open read-only
+  -U, --force-share  open without taking locks (accepted for compatibility)
+
+Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, map, alloc off [count], length, info, help, quit
+`;
+
+/** BDRV_REQUEST_MAX_BYTES */
+const MAX_REQUEST = 2147483136;
+
+interface Command {
+  name: string;
+  altname?: string;
+  argmin: number;
+  argmax: number;
+  args: string;
+  oneline: string;
+  run(img: Image, argv: string[]): Promise<number>;
+}
+
+/** qemu-io's cvtnum: a size, or a negative errno-like code. */
+function cvtnum(s: string): number {
+  const v = parseSize(s);
+  if (v === undefined) return -22;
+  if (v > Number.MAX_SAFE_INTEGER) return -34;
+  return v;
+}
+
+function cvtnumErr(rc: number, arg: string): void {
+  if (rc === -22) out(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${arg}\n`);
+  else if (rc === -34) out(`Parsing error: argument too large -- ${arg}\n`);
+  else out(`Parsing error: ${arg}\n`);
+}
+
+/** strtol(arg, &end, 0) for 0..255. */
+function parsePattern(arg: string): number {
+  let v: number;
+  if (/^[+]?0[xX][0-9a-fA-F]+$/.test(arg)) v = parseInt(arg.replace('+', ''), 16);
+  else if (/^[+]?0[0-7]*$/.test(arg)) v = parseInt(arg.replace('+', ''), 8);
+  else if (/^[+-]?\d+$/.test(arg)) v = parseInt(arg, 10);
+  else v = NaN;
+  if (!(v >= 0 && v <= 255)) {
+    out(`${arg} is not a valid pattern byte\n`);
+    return -1;
+  }
+  return v;
+}
+
+/** glibc getopt for one command's argv (argv[0] is the command name); permutes operands. */
+function cmdGetopt(argv: string[], optstring: string): { opts: [string, string | undefined][]; operands: string[] } | undefined {
+  const takesArg = (c: string): boolean | undefined => {
+    const i = optstring.indexOf(c);
+    return i < 0 || c === ':' ? undefined : optstring[i + 1] === ':';
+  };
+  const opts: [string, string | undefined][] = [];
+  const operands: string[] = [];
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      operands.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!a.startsWith('-') || a === '-') {
+      operands.push(a);
+      continue;
+    }
+    for (let j = 1; j < a.length; j++) {
+      const c = a[j]!;
+      const t = takesArg(c);
+      if (t === undefined) {
+        err(`${argv[0]}: invalid option -- '${c}'\n`);
+        return undefined;
+      }
+      if (!t) {
+        opts.push([c, undefined]);
+        continue;
+      }
+      if (j + 1 < a.length) opts.push([c, a.slice(j + 1)]);
+      else if (i + 1 < argv.length) opts.push([c, argv[++i]!]);
+      else {
+        err(`${argv[0]}: option requires an argument -- '${c}'\n`);
+        return undefined;
+      }
+      break;
+    }
+  }
+  return { opts, operands };
+}
+
+const usage = (ct: Command): void => out(`${ct.name} ${ct.args} -- ${ct.oneline}\n`);
+
+/** qemu-io's dump_buffer: 16 bytes a line, isalnum() characters shown. */
+export function dumpBuffer(buf: Uint8Array, offset: number): string {
+  let s = '';
+  for (let i = 0; i < buf.length; i += 16) {
+    const row = buf.subarray(i, Math.min(i + 16, buf.length));
+    s += (offset + i).toString(16).padStart(8, '0') + ':  ';
+    for (const b of row) s += b.toString(16).padStart(2, '0') + ' ';
+    s += ' ';
+    for (const b of row) s += (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) ? String.fromCharCode(b) : '.';
+    s += '\n';
+  }
+  return s;
+}
+
+/** qemu-io's print_report. */
+export function report(op: string, seconds: number, offset: number, count: number, total: number, cnt: number, parsable: boolean): string {
+  const secs = Math.max(seconds, 1e-9);
+  if (parsable) {
+    return `${total},${cnt},${timestr(seconds, true)},${toFixedC(total / secs, 3)},${toFixedC(cnt / secs, 3)}\n`;
+  }
+  return `${op} ${total}/${count} bytes at offset ${offset}\n${cvtstr(total)}, ${cnt} ops; ${timestr(seconds)} (${cvtstr(total / secs)}/sec and ${toFixedC(cnt / secs, 4)} ops/sec)\n`;
+}
+
+const readCmd: Command = {
+  name: 'read',
+  altname: 'r',
+  argmin: 2,
+  argmax: -1,
+  args: '[-abCqv] [-P pattern [-s off] [-l len]] off len',
+  oneline: 'reads a number of bytes at a specified offset',
+  async run(img, argv) {
+    const p = cmdGetopt(argv, 'bCl:pP:qs:v');
+    if (!p) {
+      usage(readCmd);
+      return -22;
+    }
+    let parsable = false;
+    let quiet = false;
+    let verbose = false;
+    let pattern = -1;
+    let lflag = false;
+    let sflag = false;
+    let patternOffset = 0;
+    let patternCount = 0;
+    for (const [c, v] of p.opts) {
+      switch (c) {
+        case 'b':
+          out('vmstate reads are not supported\n');
+          return -95;
+        case 'C':
+          parsable = true;
+          break;
+        case 'l':
+          lflag = true;
+          patternCount = cvtnum(v!);
+          if (patternCount < 0) {
+            cvtnumErr(patternCount, v!);
+            return patternCount;
+          }
+          break;
+        case 'P':
+          pattern = parsePattern(v!);
+          if (pattern < 0) return -22;
+          break;
+        case 'q':
+          quiet = true;
+          break;
+        case 's':
+          sflag = true;
+          patternOffset = cvtnum(v!);
+          if (patternOffset < 0) {
+            cvtnumErr(patternOffset, v!);
+            return patternOffset;
+          }
+          break;
+        case 'v':
+          verbose = true;
+          break;
+      }
+    }
+    if (p.operands.length !== 2) {
+      usage(readCmd);
+      return -22;
+    }
+    const [offArg, countArg] = p.operands as [string, string];
+    const offset = cvtnum(offArg);
+    if (offset < 0) {
+      cvtnumErr(offset, offArg);
+      return offset;
+    }
+    const count = cvtnum(countArg);
+    if (count < 0) {
+      cvtnumErr(count, countArg);
+      return count;
+    } else if (count > MAX_REQUEST) {
+      out(`length cannot exceed ${MAX_REQUEST}, given ${countArg}\n`);
+      return -22;
+    }
+    if (pattern < 0 && (lflag || sflag)) {
+      usage(readCmd);
+      return -22;
+    }
+    if (!lflag) patternCount = count - patternOffset;
+    if (patternCount < 0 || patternCount + patternOffset > count) {
+      out('pattern verification range exceeds end of read data\n');
+      return -22;
+    }
+    const buf = new Uint8Array(count).fill(0xab);
+    const t1 = performance.now();
+    if (offset > img.size || img.size - offset < count) {
+      out('read failed: Input/output error\n');
+      return -5;
+    }
+    try {
+      if (count > 0) await img.read(offset, buf);
+    } catch (e) {
+      out(`read failed: ${messageOf(e)}\n`);
+      return -5;
+    }
+    const seconds = (performance.now() - t1) / 1000;
+    let ret = 0;
+    if (pattern >= 0) {
+      const part = buf.subarray(patternOffset, patternOffset + patternCount);
+      if (part.some((b) => b !== pattern)) {
+        out(`Pattern verification failed at offset ${offset + patternOffset}, ${patternCount} bytes\n`);
+        ret = -22;
+      }
+    }
+    if (quiet) return ret;
+    if (verbose) out(dumpBuffer(buf, offset));
+    out(report('read', seconds, offset, count, count, 1, parsable));
+    return ret;
+  },
+};
+
+/** bdrv_is_allocated: this layer only, stopping at the image end. */
+async function isAllocated(img: Image, offset: number, bytes: number): Promise<{ allocated: boolean; num: number }> {
+  if (offset >= img.size || bytes === 0) return { allocated: false, num: 0 };
+  const st = await img.layerStatus(offset, Math.min(bytes, img.size - offset));
+  return { allocated: st.allocated, num: st.length };
+}
+
+const mapCmd: Command = {
+  name: 'map',
+  altname: 'm',
+  argmin: 0,
+  argmax: 0,
+  args: '',
+  oneline: 'prints the allocated areas of a file',
+  async run(img) {
+    let offset = 0;
+    let bytes = img.size;
+    while (bytes > 0) {
+      const first = await isAllocated(img, offset, bytes);
+      let num = first.num;
+      while (offset + num < img.size) {
+        const n = await isAllocated(img, offset + num, bytes - num);
+        if (n.allocated !== first.allocated || n.num === 0) break;
+        num += n.num;
+      }
+      if (num === 0) {
+        err('qimg: Unexpected end of image\n');
+        return -5;
+      }
+      const state = first.allocated ? '    allocated' : 'not allocated';
+      out(`${cvtstr(num)} (0x${num.toString(16)}) bytes ${state} at offset ${cvtstr(offset)} (0x${offset.toString(16)})\n`);
+      offset += num;
+      bytes -= num;
+    }
+    return 0;
+  },
+};
+
+const allocCmd: Command = {
+  name: 'alloc',
+  altname: 'a',
+  argmin: 1,
+  argmax: 2,
+  args: 'offset [count]',
+  oneline: 'checks if offset is allocated in the file',
+  async run(img, argv) {
+    const start = cvtnum(argv[1]!);
+    if (start < 0) {
+      cvtnumErr(start, argv[1]!);
+      return start;
+    }
+    let count = 512;
+    if (argv.length === 3) {
+      count = cvtnum(argv[2]!);
+      if (count < 0) {
+        cvtnumErr(count, argv[2]!);
+        return count;
+      }
+    }
+    let offset = start;
+    let remaining = count;
+    let sum = 0;
+    while (remaining) {
+      const r = await isAllocated(img, offset, remaining);
+      offset += r.num;
+      remaining -= r.num;
+      if (r.allocated) sum += r.num;
+      if (r.num === 0) {
+        count -= remaining;
+        remaining = 0;
+      }
+    }
+    out(`${sum}/${count} bytes allocated at offset ${cvtstr(start)}\n`);
+    return 0;
+  },
+};
+
+const lengthCmd: Command = {
+  name: 'length',
+  altname: 'l',
+  argmin: 0,
+  argmax: 0,
+  args: '',
+  oneline: 'gets the length of the current file',
+  async run(img) {
+    out(`${cvtstr(img.size)}\n`);
+    return 0;
+  },
+};
+
+const infoCmd: Command = {
+  name: 'info',
+  altname: 'i',
+  argmin: 0,
+  argmax: 0,
+  args: '',
+  oneline: 'prints information about the current file',
+  async run(img) {
+    const info = await img.info();
+    out(`format name: ${img.format}\n`);
+    const cluster = info['cluster-size'] ?? 0;
+    let vmState = 0;
+    const spec = info['format-specific'];
+    if (img.format === 'qcow2' && cluster > 0) {
+      // qcow2 keeps VM state after the last L2-covered byte of the guest.
+      const entry = spec?.data['extended-l2'] === true ? 16 : 8;
+      const perL1 = cluster * (cluster / entry);
+      vmState = Math.ceil(img.size / perL1) * perL1;
+    }
+    out(`cluster size: ${cvtstr(cluster)}\n`);
+    out(`vm state offset: ${cvtstr(vmState)}\n`);
+    if (spec) out('Format specific information:\n' + dumpQObject(spec.data, 1));
+    return 0;
+  },
+};
+
+const COMMANDS: Command[] = [readCmd, mapCmd, allocCmd, lengthCmd, infoCmd];
+
+/** qemu's breakline: split on spaces, dropping empty words. */
+const breakline = (line: string): string[] => line.split(' ').filter((w) => w !== '');
+
+/** Run one command line; negative when it failed. Returns 'quit' to stop. */
+export async function runCommand(img: Image, line: string): Promise<number | 'quit'> {
+  const argv = breakline(line);
+  if (argv.length === 0) return 0;
+  const name = argv[0]!;
+  if (name === 'quit' || name === 'q') return 'quit';
+  if (name === 'help' || name === '?') {
+    for (const c of COMMANDS) out(`${c.name} ${c.args} -- ${c.oneline}\n`);
+    out('\nUse \'help commandname\' for extended help.\n');
+    return 0;
+  }
+  const ct = COMMANDS.find((c) => c.name === name || c.altname === name);
+  if (!ct) {
+    err(`command "${name}" not found\n`);
+    return -22;
+  }
+  const n = argv.length - 1;
+  if (n < ct.argmin || (ct.argmax !== -1 && n > ct.argmax)) {
+    if (ct.argmax === -1) err(`bad argument count ${n} to ${name}, expected at least ${ct.argmin} arguments\n`);
+    else if (ct.argmin === ct.argmax) err(`bad argument count ${n} to ${name}, expected ${ct.argmin} arguments\n`);
+    else err(`bad argument count ${n} to ${name}, expected between ${ct.argmin} and ${ct.argmax} arguments\n`);
+    return -22;
+  }
+  return ct.run(img, argv);
+}
+
+export async function cmdIo(args: string[]): Promise<number> {
+  const { options, operands } = getopt(args, 'hVc:d:f:rsnCmkt:T:U', [
+    { name: 'help', arg: 'none', key: 'h' },
+    { name: 'format', arg: 'required', key: 'f' },
+    { name: 'cmd', arg: 'required', key: 'c' },
+    { name: 'read-only', arg: 'none', key: 'r' },
+    { name: 'snapshot', arg: 'none', key: 's' },
+    { name: 'nocache', arg: 'none', key: 'n' },
+    { name: 'cache', arg: 'required', key: 't' },
+    { name: 'force-share', arg: 'none', key: 'U' },
+    { name: 'image-opts', arg: 'none', key: 'image-opts' },
+    { name: 'object', arg: 'required', key: 'object' },
+    { name: 'trace', arg: 'required', key: 'T' },
+    { name: 'discard', arg: 'required', key: 'd' },
+    { name: 'misalign', arg: 'none', key: 'm' },
+    { name: 'native-aio', arg: 'none', key: 'k' },
+  ]);
+  const cmds: string[] = [];
+  let format: string | undefined;
+  for (const o of options) {
+    switch (o.key) {
+      case 'h':
+        out(ioHelp);
+        return 0;
+      case 'c':
+        cmds.push(o.value!);
+        break;
+      case 'f':
+        format = o.value;
+        break;
+      case 't':
+        if (!validCache(o.value!)) throw new CliError(`Invalid cache option: ${o.value}`);
+        break;
+      case 'image-opts':
+      case 'object':
+        throw new CliError(`--${o.key} is not supported yet`);
+    }
+  }
+  if (operands.length > 1) throw new CliError('too many arguments', 1);
+  if (operands.length === 0) {
+    out("no file open, try 'help open'\n");
+    return cmds.length > 0 ? 1 : 0;
+  }
+  const path = operands[0]!;
+  let fmt;
+  if (format !== undefined) {
+    fmt = parseFormatName(format);
+    if (fmt === undefined) throw new CliError(`can't open device ${path}: Unknown driver '${format}'`);
+  }
+  let img: Image;
+  try {
+    // Only read-only commands exist so far, so the image is never opened for writing.
+    img = await openImageFile(path, { format: fmt });
+  } catch (e) {
+    throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
+  }
+  let failed = false;
+  try {
+    const lines: AsyncIterable<string> | string[] = cmds.length > 0 ? cmds : createInterface({ input: process.stdin, terminal: false });
+    for await (const line of lines) {
+      const r = await runCommand(img, line);
+      if (r === 'quit') break;
+      if (r < 0) failed = true;
+    }
+  } finally {
+    await img.close();
+  }
+  return failed ? 1 : 0;
+}

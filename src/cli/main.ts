@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+/**
+ * The qimg command: qemu-img's subcommands plus `io` (qemu-io's commands).
+ * Every failure is one `qimg: <message>` on stderr and qemu-img's exit code.
+ */
+import { readFileSync } from 'node:fs';
+import { CliError, err, out, PROG } from './common.js';
+import { cmdCompare } from './img/compare.js';
+import { cmdConvert } from './img/convert.js';
+import { cmdInfo } from './img/info.js';
+import { cmdMap } from './img/map.js';
+import { cmdIo } from './io/io.js';
+import { getopt, UsageError } from './options.js';
+
+type Handler = (args: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
+  compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
+  convert: {
+    run: cmdConvert,
+    syntax: 'convert [-U] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
+  },
+  info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
+  map: { run: cmdMap, syntax: 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename' },
+  io: { run: cmdIo, syntax: "io [-f fmt] [-r] [-U] [-c 'command']... filename" },
+};
+
+export function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function help(): string {
+  return (
+    `${PROG} version ${version()}\n` +
+    `usage: ${PROG} [standard options] command [command options]\n` +
+    'Disk image utility for qcow2, QED and raw images, compatible with qemu-img and qemu-io\n\n' +
+    "    '-h', '--help'       display this help and exit\n" +
+    "    '-V', '--version'    output version information and exit\n\n" +
+    'Command syntax:\n' +
+    Object.values(COMMANDS)
+      .map((c) => `  ${c.syntax}\n`)
+      .join('') +
+    '\nCommand parameters:\n' +
+    "  'filename' is a disk image filename\n" +
+    "  'fmt' is the disk image format (raw, qcow2, qed); it is guessed automatically in most cases\n" +
+    "  'cache' is the cache mode: 'none', 'writeback', 'writethrough', 'directsync' or 'unsafe'\n" +
+    `  'size' is a size in bytes, optionally with the suffixes k or K (1024), M, G, T, P, E\n\n` +
+    `Run '${PROG} COMMAND --help' for the options of one command.\n`
+  );
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    // Global options stop at the command name.
+    const { options, operands } = getopt(argv, '+:hVT:', [
+      { name: 'help', arg: 'none', key: 'h' },
+      { name: 'version', arg: 'none', key: 'V' },
+      { name: 'trace', arg: 'required', key: 'T' },
+    ]);
+    for (const o of options) {
+      if (o.key === 'h') {
+        out(help());
+        return 0;
+      }
+      if (o.key === 'V') {
+        out(`${PROG} version ${version()}\n`);
+        return 0;
+      }
+    }
+    const name = operands[0];
+    if (name === undefined) throw new UsageError('Not enough arguments');
+    const cmd = Object.prototype.hasOwnProperty.call(COMMANDS, name) ? COMMANDS[name] : undefined;
+    if (!cmd) throw new UsageError(`Command not found: ${name}`);
+    return await cmd.run(operands.slice(1));
+  } catch (e) {
+    if (process.env.QIMG_DEBUG === '1' && e instanceof Error) err(`${e.stack}\n`);
+    if (e instanceof UsageError) {
+      err(`${PROG}: ${e.message}\n`);
+      if (e.hint) err(`Try '${PROG} --help' for more information\n`);
+      return 1;
+    }
+    if (e instanceof CliError) {
+      err(`${PROG}: ${e.message}\n`);
+      return e.exitCode;
+    }
+    err(`${PROG}: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+}
+
+// A closed pipe (qimg ... | head) is not an error worth a stack trace.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+});
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    err(`${PROG}: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);
