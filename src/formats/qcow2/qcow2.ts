@@ -191,6 +191,11 @@ export class Qcow2Driver implements FormatDriver {
     return w.writeZeroes(offset, length, opts.mayUnmap);
   }
 
+  /** Allocate every cluster (create-time preallocation); returns the end of the last host cluster. */
+  async preallocate(writeZeros: boolean): Promise<number> {
+    return this.writerOrThrow().preallocate(writeZeros);
+  }
+
   async discard(offset: number, length: number): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();

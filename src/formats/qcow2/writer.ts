@@ -431,6 +431,49 @@ export class Qcow2Writer {
     );
   }
 
+  // ------------------------------------------------------- preallocation
+
+  /**
+   * Give every unallocated guest cluster a host cluster (qemu's
+   * preallocation): one contiguous run per L2 table, entries with COPIED
+   * set; with extended L2 the subclusters stay unallocated. `writeZeros`
+   * also writes the data clusters. Returns the end of the last host cluster.
+   */
+  async preallocate(writeZeros: boolean): Promise<number> {
+    const cs = this.clusterSize;
+    let hostEnd = 0;
+    await this.meta.run(async () => {
+      const span = this.cfg.mapper.tableSpan;
+      for (let t = 0; t < this.cfg.size; t += span) {
+        const stop = Math.min(this.cfg.size, t + span);
+        const todo: number[] = [];
+        for (let g = t; g < stop; g += cs) {
+          const e = await this.entry(g);
+          if (clusterType(e.hi, e.lo, this.cfg.extL2, this.cfg.hasDataFile) === Cluster.UNALLOCATED) todo.push(g);
+        }
+        if (todo.length === 0) continue;
+        const host = this.cfg.hasDataFile ? -1 : await this.cfg.refcounts.allocate(todo.length);
+        for (let k = 0; k < todo.length; k++) {
+          const g = todo[k]!;
+          const h = host < 0 ? g : host + k * cs;
+          const e: Entry = { hi: 0, lo: 0, zeroBits: 0, allocBits: 0 };
+          this.setNormal(e, h);
+          await this.setEntry(g, e);
+          hostEnd = Math.max(hostEnd, h + cs);
+        }
+        if (writeZeros && host >= 0) {
+          const zeros = new Uint8Array(Math.min(todo.length * cs, 1 << 20));
+          for (let off = 0; off < todo.length * cs; off += zeros.length) {
+            await this.cfg.data.write(zeros.subarray(0, Math.min(zeros.length, todo.length * cs - off)), host + off);
+          }
+        }
+        await this.relieveCachePressure();
+      }
+      await this.flushLocked();
+    });
+    return hostEnd;
+  }
+
   // ------------------------------------------------------------ metadata
 
   private async entry(guest: number): Promise<Entry> {
