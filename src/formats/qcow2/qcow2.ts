@@ -9,6 +9,7 @@ import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { bitmapInfo, readBitmapDirectory } from './bitmap.js';
 import * as C from './constants.js';
+import { checkQcow2 } from './check.js';
 import { Decompressor } from './compress.js';
 import { readHeader, serializeHeader, sizeToL1, type Qcow2Header } from './header.js';
 import { Sub } from './l2.js';
@@ -349,7 +350,15 @@ async function readL1(storage: Storage, h: Qcow2Header, fileSize: number): Promi
 
 export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   const storage = ctx.storage;
-  const header = await readHeader(storage, { writable: ctx.writable });
+  let header = await readHeader(storage, { writable: ctx.writable });
+  if (ctx.writable && Number(header.incompatibleFeatures) & C.INCOMPAT_DIRTY) {
+    // Lazy refcounts left dirty: QEMU repairs on a writable open (check -r all), which also clears the bit.
+    const r = await checkQcow2(storage, { fix: 'all' });
+    if (r.failed !== undefined || r.checkErrors > 0) {
+      throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
+    }
+    header = await readHeader(storage, { writable: true });
+  }
   const fileSize = await storage.size();
   const l1 = ctx.writable ? await readWholeL1(storage, header) : await readL1(storage, header, fileSize);
   const inc = Number(header.incompatibleFeatures);
@@ -386,9 +395,6 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     const snapshots = await readSnapshots(storage, header.snapshotsOffset, header.nbSnapshots, virtualSize);
     let refcountStore: RefcountStore | undefined;
     if (ctx.writable) {
-      if (inc & C.INCOMPAT_DIRTY) {
-        throw new ImageError('unsupported', "The image was not closed cleanly (lazy refcounts); repair it with 'qimg check -r all' before writing");
-      }
       refcountStore = await RefcountStore.load({
         storage,
         clusterBits: header.clusterBits,
