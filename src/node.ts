@@ -3,7 +3,7 @@
  * codecs. `openImageFile('disk.qcow2')` is all most callers need.
  */
 import { realpath } from 'node:fs/promises';
-import { dirname, isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import './formats/index.js';
 import { openImage, type Host, type OpenOptions } from './block/open.js';
 import type { Image } from './block/image.js';
@@ -26,6 +26,17 @@ export const nodeHost: Host = {
     } catch {
       return path;
     }
+  },
+  isInside: async (path, dir) => {
+    const real = async (p: string) => {
+      try {
+        return await realpath(p);
+      } catch {
+        return resolve(p);
+      }
+    };
+    const rel = relative(await real(dir), await real(path));
+    return rel !== '' && !rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel);
   },
   codecs: nodeCodecs,
 };

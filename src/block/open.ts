@@ -19,11 +19,39 @@ export interface Host {
   resolve(imagePath: string, name: string): string;
   /** A stable identity of the file behind `path`, for loop detection. */
   identity(path: string): Promise<string>;
+  /** Whether the file behind `path` (links resolved) lies inside directory `dir`. */
+  isInside?(path: string, dir: string): Promise<boolean>;
   codecs: Codecs;
 }
 
-/** Which files an image may open by itself (backing files, external data files). */
-export type OpenPolicy = 'allow' | 'deny';
+/**
+ * Which files an image may open by itself (backing files, external data
+ * files): any, none, or only files inside the given directories. Names in
+ * qemu's json: or protocol syntax are never opened implicitly: they are how
+ * a hostile image points qemu at devices and network resources.
+ */
+export type OpenPolicy = 'allow' | 'deny' | { allowUnder: string[] };
+
+/** The name to open for an implicit file, or an error saying why it may not be opened. */
+export async function checkImplicitFile(host: Host, policy: OpenPolicy, kind: 'Backing file' | 'Data file', name: string, resolved: string): Promise<string> {
+  if (name.startsWith('json:')) {
+    throw new ImageError('policy', `${kind} '${name}' uses the json: syntax, which qimg does not open`);
+  }
+  const protocol = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(name)?.[1];
+  let path = resolved;
+  if (protocol !== undefined && protocol !== 'file') {
+    throw new ImageError('policy', `${kind} '${name}' names the protocol '${protocol}', which qimg does not open`);
+  }
+  if (protocol === 'file') path = resolved.replace(/^file:/, '');
+  if (policy === 'deny') throw new ImageError('policy', `${kind} '${name}' may not be opened (open policy)`);
+  if (policy !== 'allow') {
+    const inside = host.isInside ? await Promise.all(policy.allowUnder.map((d) => host.isInside!(path, d))) : [];
+    if (!inside.some(Boolean)) {
+      throw new ImageError('policy', `${kind} '${name}' lies outside the directories the open policy allows`);
+    }
+  }
+  return path;
+}
 
 export interface OpenOptions {
   host: Host;
@@ -81,9 +109,7 @@ async function openLayer(
     backingPath = host.resolve(path, driver.backing.name);
     if (opts.backing !== false) {
       try {
-        if ((opts.policy ?? 'allow') === 'deny') {
-          throw new ImageError('policy', `Backing file '${driver.backing.name}' may not be opened (open policy)`);
-        }
+        backingPath = await checkImplicitFile(host, opts.policy ?? 'allow', 'Backing file', driver.backing.name, backingPath);
         const bfmt = driver.backing.format === undefined ? undefined : parseFormatName(driver.backing.format);
         if (driver.backing.format !== undefined && bfmt === undefined) {
           throw new ImageError('unsupported', `Unknown driver '${driver.backing.format}'`);
@@ -121,10 +147,8 @@ async function openDriver(
     codecs: opts.host.codecs,
     metadataOnly: opts.metadataOnly ?? false,
     openDataFile: async (name: string) => {
-      if ((opts.policy ?? 'allow') === 'deny') {
-        throw new ImageError('policy', `Data file '${name}' may not be opened (open policy)`);
-      }
-      return opts.host.openStorage(opts.host.resolve(path, name), { writable });
+      const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
+      return opts.host.openStorage(resolved, { writable });
     },
   };
   return opener(ctx);
