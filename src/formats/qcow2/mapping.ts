@@ -115,12 +115,27 @@ export class L2Mapper {
     return { hi: this.l1View.getUint32(i * C.L1_ENTRY_SIZE, false), lo: this.l1View.getUint32(i * C.L1_ENTRY_SIZE + 4, false) };
   }
 
+  /** Whether host cluster `c` holds an active L2 table. */
+  isL2Table(c: number): boolean {
+    if (!this.l2Clusters) {
+      this.l2Clusters = new Set();
+      for (let i = 0; i < this.cfg.l1Size && (i + 1) * C.L1_ENTRY_SIZE <= this.cfg.l1.length; i++) {
+        const { hi, lo } = this.l1Entry(i);
+        const off = entryOffset(hi, lo);
+        if (off !== 0) this.l2Clusters.add(Math.floor(off / this.clusterSize));
+      }
+    }
+    return this.l2Clusters.has(c);
+  }
+  private l2Clusters: Set<number> | undefined;
+
   /** Point L1 entry i at an L2 table (COPIED: this table is ours alone). */
   setL1(i: number, offset: number, copied: boolean): void {
     if ((i + 1) * C.L1_ENTRY_SIZE > this.cfg.l1.length) throw new ImageError('invalid', `L1 index ${i} is beyond the L1 table`);
     this.l1View.setUint32(i * C.L1_ENTRY_SIZE, Math.floor(offset / 0x1_0000_0000) | (copied ? C.OFLAG_COPIED_HI : 0), false);
     this.l1View.setUint32(i * C.L1_ENTRY_SIZE + 4, offset >>> 0, false);
     this.dirtyL1.add(i);
+    this.l2Clusters = undefined;
   }
 
   /** The L2 table of L1 index i for modification (pinned until written), or undefined if none. */

@@ -5,7 +5,7 @@
  */
 import type { BackingReader, DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
 import type { DriverInfo, FormatSpecific } from '../../block/info.js';
-import { ImageError } from '../../errors.js';
+import { ImageError, isImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { bitmapInfo, readBitmapDirectory } from './bitmap.js';
 import * as C from './constants.js';
@@ -19,6 +19,7 @@ import { RefcountReader } from './refcount.js';
 import { RefcountStore } from './refcounts.js';
 import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
 import { Qcow2Writer } from './writer.js';
+import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
 export interface Qcow2Parts {
   header: Qcow2Header;
@@ -113,8 +114,32 @@ export class Qcow2Driver implements FormatDriver {
         codecs: parts.ctx.codecs,
         readGuest: (offset, into) => this.readGuest(offset, into),
         setIncompatible: (bits, on) => this.setIncompatible(bits, on),
+        overlap: (start, end) => overlappingMetadata(this.overlapSources(parts.refcountStore!), start, end),
       });
     }
+  }
+
+  private overlapSourcesCache: OverlapSources | undefined;
+  private overlapSources(refcounts: RefcountStore): OverlapSources {
+    const h = this.header;
+    const enc = new TextEncoder();
+    let snapshotBytes = 0;
+    for (const sn of this.snapshots) snapshotBytes += snapshotEntrySize(sn.extraDataSize, enc.encode(sn.id).length, enc.encode(sn.name).length);
+    const bm = h.extensions.bitmaps;
+    this.overlapSourcesCache ??= {
+      clusterSize: this.clusterSize,
+      l1: () => ({ start: h.l1TableOffset, end: h.l1TableOffset + h.l1Size * C.L1_ENTRY_SIZE }),
+      isL2Table: (c) => this.mapper.isL2Table(c),
+      refcountTable: () => {
+        const t = refcounts.tableLocation;
+        return { start: t.offset, end: t.offset + t.clusters * this.clusterSize };
+      },
+      isRefcountBlock: (c) => refcounts.isRefcountBlock(c),
+      snapshotTable: this.snapshots.length > 0 ? { start: h.snapshotsOffset, end: h.snapshotsOffset + snapshotBytes } : undefined,
+      inactiveL1: this.snapshots.map((sn) => ({ start: Number(sn.l1TableOffset), end: Number(sn.l1TableOffset) + sn.l1Size * C.L1_ENTRY_SIZE })),
+      bitmapDirectory: bm ? { start: bm.directoryOffset, end: bm.directoryOffset + bm.directorySize } : undefined,
+    };
+    return this.overlapSourcesCache;
   }
 
   attachBacking(backing: BackingReader | null): void {
@@ -182,14 +207,28 @@ export class Qcow2Driver implements FormatDriver {
   async write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
-    if (opts?.compressed) return w.writeCompressed(offset, data);
-    return w.write(offset, data);
+    return this.markCorruptOnError(() => (opts?.compressed ? w.writeCompressed(offset, data) : w.write(offset, data)));
   }
 
   async writeZeroes(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
-    return w.writeZeroes(offset, length, opts.mayUnmap);
+    return this.markCorruptOnError(() => w.writeZeroes(offset, length, opts.mayUnmap));
+  }
+
+  /**
+   * Inconsistent tables found while writing are fatal, as in qemu: the
+   * corrupt bit is set so no writer trusts the image until it is repaired.
+   */
+  private async markCorruptOnError<T>(f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (e) {
+      if (!isImageError(e, 'corrupt') || e.message.startsWith('Marking image as corrupt') || e.message === 'No medium found') throw e;
+      if (Number(this.header.incompatibleFeatures) & C.INCOMPAT_CORRUPT) throw e;
+      await this.setIncompatible(C.INCOMPAT_CORRUPT, true);
+      throw new ImageError('corrupt', `Marking image as corrupt: ${e.message}; further corruption events will be suppressed`, { cause: e });
+    }
   }
 
   /** Allocate every cluster (create-time preallocation); returns the end of the last host cluster. */
@@ -200,7 +239,7 @@ export class Qcow2Driver implements FormatDriver {
   async discard(offset: number, length: number): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
-    return w.discard(offset, length);
+    return this.markCorruptOnError(() => w.discard(offset, length));
   }
 
   get encrypted(): boolean {

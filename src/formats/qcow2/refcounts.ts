@@ -104,6 +104,13 @@ export class RefcountStore {
     return new RefcountStore(cfg, table);
   }
 
+  /** Whether host cluster `c` holds a refcount block. */
+  isRefcountBlock(c: number): boolean {
+    this.blockClusters ??= new Set(this.table.filter((o) => o !== 0).map((o) => o / this.clusterSize));
+    return this.blockClusters.has(c);
+  }
+  private blockClusters: Set<number> | undefined;
+
   get tableLocation(): { offset: number; clusters: number } {
     return { offset: this.tableOffset, clusters: this.tableClusters };
   }
@@ -238,6 +245,7 @@ export class RefcountStore {
       await this.cfg.storage.write(block, at * this.clusterSize);
       await this.cfg.storage.flush();
       this.table[bi] = at * this.clusterSize;
+      this.blockClusters = undefined;
       this.blocks.set(bi, block);
       await this.writeTableEntry(bi);
       await this.cfg.storage.flush();
@@ -315,6 +323,7 @@ export class RefcountStore {
     });
     const old = { offset: this.tableOffset, clusters: this.tableClusters };
     this.table = newTable;
+    this.blockClusters = undefined;
     for (const c of pendingAdds) await this.add(c, 1);
     await this.flushBlocks();
     await this.cfg.storage.write(bytes, tableStart * this.clusterSize);

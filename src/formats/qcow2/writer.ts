@@ -41,6 +41,8 @@ export interface WriterConfig {
   readGuest(offset: number, into: Uint8Array): Promise<void>;
   /** Set or clear incompatible feature bits in the header, durably. */
   setIncompatible(bits: number, on: boolean): Promise<void>;
+  /** The metadata structure a write to [start, end) of the image file would hit, if any. */
+  overlap(start: number, end: number): string | undefined;
 }
 
 /** One L2 entry with its extended-L2 bitmap words. */
@@ -168,6 +170,7 @@ export class Qcow2Writer {
         if (dEnd < gEnd) await this.cfg.readGuest(dEnd, buf.subarray(dEnd - gStart));
         buf.set(data.subarray(dStart - offset, dEnd - offset), dStart - gStart);
       }
+      await this.guard(hostStart, buf.length);
       await this.cfg.data.write(buf, hostStart);
       i = j + 1;
     }
@@ -271,6 +274,7 @@ export class Qcow2Writer {
         return this.cfg.refcounts.allocateBytes(packed.length);
       });
       if (host >= 2 ** (70 - this.cfg.clusterBits)) throw new ImageError('invalid', 'Compressed cluster offset is too large');
+      await this.guard(host, packed.length);
       await this.cfg.storage.write(packed, host);
       await this.meta.run(async () => {
         const field = Math.floor((host + packed.length - 1) / 512) - Math.floor(host / 512);
@@ -430,6 +434,25 @@ export class Qcow2Writer {
       }),
     );
   }
+
+  /**
+   * qemu's overlap check: guest data must never land on metadata. A hit means
+   * the tables are corrupt; the image is marked so, and refuses all further
+   * writes, rather than being damaged more.
+   */
+  private async guard(host: number, length: number): Promise<void> {
+    if (this.corrupt) throw new ImageError('corrupt', 'No medium found');
+    if (this.cfg.hasDataFile) return;
+    const name = this.cfg.overlap(host, host + length);
+    if (name === undefined) return;
+    this.corrupt = true;
+    await this.cfg.setIncompatible(C.INCOMPAT_CORRUPT, true);
+    throw new ImageError(
+      'corrupt',
+      `Marking image as corrupt: Preventing invalid write on metadata (overlaps with ${name}); further corruption events will be suppressed`,
+    );
+  }
+  private corrupt = false;
 
   // ------------------------------------------------------- preallocation
 
