@@ -4,7 +4,7 @@
  * one syscall for a whole run of data.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants, read as fsRead, write as fsWrite } from 'node:fs';
+import { constants, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { ImageError } from '../errors.js';
 import type { Storage } from './storage.js';
@@ -80,7 +80,7 @@ export class FileStorage implements Storage {
   async read(into: Uint8Array, offset: number): Promise<void> {
     let done = 0;
     while (done < into.length) {
-      const n = await pread(this.fh.fd, into, done, into.length - done, offset + done);
+      const n = into.length <= SYNC_IO_MAX ? readSync(this.fh.fd, into, done, into.length - done, offset + done) : await pread(this.fh.fd, into, done, into.length - done, offset + done);
       if (n === 0) {
         into.fill(0, done);
         return;
@@ -92,7 +92,7 @@ export class FileStorage implements Storage {
   async write(data: Uint8Array, offset: number): Promise<void> {
     let done = 0;
     while (done < data.length) {
-      done += await pwrite(this.fh.fd, data, done, data.length - done, offset + done);
+      done += data.length <= SYNC_IO_MAX ? writeSync(this.fh.fd, data, done, data.length - done, offset + done) : await pwrite(this.fh.fd, data, done, data.length - done, offset + done);
     }
   }
 
@@ -128,6 +128,12 @@ export class FileStorage implements Storage {
     return st.blocks * 512;
   }
 }
+
+/**
+ * Requests up to this size go straight to pread/pwrite on the main thread:
+ * a hop through libuv's thread pool costs more than a small page-cache copy.
+ */
+const SYNC_IO_MAX = 64 * 1024;
 
 function pread(fd: number, buf: Uint8Array, at: number, length: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => fsRead(fd, buf, at, length, position, (e, n) => (e ? reject(e) : resolve(n))));
