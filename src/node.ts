@@ -18,7 +18,7 @@ export function resolveImplicitPath(imagePath: string, name: string): string {
 }
 
 export const nodeHost: Host = {
-  openStorage: (path, { writable }) => FileStorage.open(path, { writable }),
+  openStorage: (path, { writable, unsafe }) => FileStorage.open(path, { writable, unsafe }),
   resolve: resolveImplicitPath,
   identity: async (path) => {
     try {

@@ -14,7 +14,7 @@ import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
 export interface Host {
-  openStorage(path: string, opts: { writable: boolean }): Promise<Storage>;
+  openStorage(path: string, opts: { writable: boolean; unsafe?: boolean }): Promise<Storage>;
   /** The path of `name` as named by the image at `imagePath` (relative to its directory). */
   resolve(imagePath: string, name: string): string;
   /** A stable identity of the file behind `path`, for loop detection. */
@@ -65,6 +65,8 @@ export interface OpenOptions {
   policy?: OpenPolicy;
   /** Longest backing chain accepted. */
   maxDepth?: number;
+  /** qemu's cache=unsafe for the top image: flushes do nothing (convert targets). */
+  unsafe?: boolean;
 }
 
 export const DEFAULT_MAX_CHAIN_DEPTH = 64;
@@ -94,7 +96,7 @@ async function openLayer(
   if (seen.includes(id)) throw new ImageError('invalid', `Backing file '${path}' creates an infinite loop.`);
 
   const writable = depth === 0 && (opts.writable ?? false);
-  const storage = await host.openStorage(path, { writable });
+  const storage = await host.openStorage(path, { writable, unsafe: depth === 0 && opts.unsafe === true });
   let driver: FormatDriver;
   try {
     driver = await openDriver(storage, format, opts, path, writable);

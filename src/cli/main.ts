@@ -5,8 +5,12 @@
  */
 import { readFileSync } from 'node:fs';
 import { CliError, err, out, PROG } from './common.js';
+import { cmdBench } from './img/bench.js';
+import { cmdCheck } from './img/check.js';
 import { cmdCompare } from './img/compare.js';
 import { cmdConvert } from './img/convert.js';
+import { cmdCreate } from './img/create.js';
+import { cmdMeasure } from './img/measure.js';
 import { cmdInfo } from './img/info.js';
 import { cmdMap } from './img/map.js';
 import { cmdIo } from './io/io.js';
@@ -15,12 +19,19 @@ import { getopt, UsageError } from './options.js';
 type Handler = (args: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
+  bench: {
+    run: cmdBench,
+    syntax: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename',
+  },
+  check: { run: cmdCheck, syntax: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename' },
   compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
   convert: {
     run: cmdConvert,
-    syntax: 'convert [-U] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
+    syntax: 'convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
   },
+  create: { run: cmdCreate, syntax: 'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
   info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
+  measure: { run: cmdMeasure, syntax: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
   map: { run: cmdMap, syntax: 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename' },
   io: { run: cmdIo, syntax: "io [-f fmt] [-r] [-U] [-c 'command']... filename" },
 };

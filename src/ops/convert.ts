@@ -8,9 +8,11 @@
 import { extents, type Image } from '../block/image.js';
 import { isZero } from './compare.js';
 
-/** Where converted bytes go: a raw file today, an image writer later. */
+/** Where converted bytes go: a raw file or a writable image. */
 export interface ConvertTarget {
   write(offset: number, data: Uint8Array): Promise<void>;
+  /** One whole cluster (or the image's last, shorter one), stored compressed. Needed for `compressClusterSize`. */
+  writeCompressed?(offset: number, data: Uint8Array): Promise<void>;
   /** Make a range read as zero; without it zeros are written as data. */
   writeZeroes?(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
@@ -31,14 +33,28 @@ export interface ConvertOptions {
   targetIsZero?: boolean;
   /** Called with the completed percentage (0..100), as qemu-img computes it. */
   progress?: (percent: number) => void;
+  /**
+   * -c: write whole clusters of this size compressed, cluster by cluster,
+   * with `parallel` of them in flight (compression runs off the main thread).
+   */
+  compressClusterSize?: number;
+  /**
+   * The target has a backing file of its own (-B): only what the sources'
+   * top layers allocate is copied; the rest is left to the target's
+   * backing file, and zeros must be written explicitly.
+   */
+  targetHasBacking?: boolean;
 }
+
+/** qemu-img convert's block states: copy, make zero, or leave to the target's backing file. */
+type Kind = 'data' | 'zero' | 'backing';
 
 interface Work {
   source: Image;
   srcOffset: number;
   dstOffset: number;
   length: number;
-  data: boolean;
+  kind: Kind;
 }
 
 const MiB = 1024 * 1024;
@@ -61,39 +77,61 @@ async function attempt<T>(op: 'reading' | 'writing', offset: number, f: () => Pr
 /** Total guest size of the concatenated sources. */
 export const totalSize = (sources: readonly Image[]): number => sources.reduce((n, s) => n + s.size, 0);
 
-async function* plan(sources: readonly Image[], chunkSize: number): AsyncGenerator<Work> {
+/** The sources' runs in target offsets: the whole chain's view, or the top layers' with a target backing file. */
+async function* runs(sources: readonly Image[], topOnly: boolean): AsyncGenerator<{ source: Image; srcOffset: number; dstOffset: number; length: number; kind: Kind }> {
   let base = 0;
   for (const source of sources) {
-    for await (const e of extents(source)) {
-      // Unallocated with no backing reads as zero; anything else not zero is read.
-      const data = !e.zero;
-      for (let off = 0; off < e.length; off += chunkSize) {
-        const length = Math.min(chunkSize, e.length - off);
-        yield { source, srcOffset: e.offset + off, dstOffset: base + e.offset + off, length, data };
+    if (topOnly) {
+      // bdrv_block_status of the top layer: unallocated without a backing file reads as zero.
+      let off = 0;
+      while (off < source.size) {
+        const st = await source.layerStatus(off, source.size - off);
+        const kind: Kind = st.zero ? 'zero' : st.data ? 'data' : 'backing';
+        yield { source, srcOffset: off, dstOffset: base + off, length: st.length, kind };
+        off += st.length;
+      }
+    } else {
+      for await (const e of extents(source)) {
+        // Unallocated with no backing reads as zero; anything else not zero is read.
+        yield { source, srcOffset: e.offset, dstOffset: base + e.offset, length: e.length, kind: e.zero ? 'zero' : 'data' };
       }
     }
     base += source.size;
   }
 }
 
-/** Bytes qemu-img counts for progress: data, and zeros too when nothing is sparse. */
-async function workBytes(sources: readonly Image[], fullyAllocate: boolean): Promise<number> {
-  let n = 0;
-  for (const source of sources) {
-    for await (const e of extents(source)) if (!e.zero || fullyAllocate) n += e.length;
+async function* plan(sources: readonly Image[], chunkSize: number, topOnly: boolean): AsyncGenerator<Work> {
+  for await (const r of runs(sources, topOnly)) {
+    if (r.kind !== 'data') {
+      // Zero and backing runs are skipped or zeroed whole: a 4 TiB hole is one work item, not millions.
+      yield { source: r.source, srcOffset: r.srcOffset, dstOffset: r.dstOffset, length: r.length, kind: r.kind };
+      continue;
+    }
+    for (let off = 0; off < r.length; off += chunkSize) {
+      const length = Math.min(chunkSize, r.length - off);
+      yield { source: r.source, srcOffset: r.srcOffset + off, dstOffset: r.dstOffset + off, length, kind: r.kind };
+    }
   }
+}
+
+/** Bytes qemu-img counts for progress: data, and zeros too when nothing is sparse. */
+async function workBytes(sources: readonly Image[], fullyAllocate: boolean, topOnly: boolean): Promise<number> {
+  let n = 0;
+  for await (const r of runs(sources, topOnly)) if (r.kind === 'data' || fullyAllocate) n += r.length;
   return n;
 }
 
 export async function convertImages(sources: readonly Image[], target: ConvertTarget, opts: ConvertOptions = {}): Promise<void> {
   const sparse = opts.sparseSize ?? 4096;
   const parallel = Math.max(1, opts.parallel ?? 8);
-  const chunkSize = Math.max(sparse, opts.chunkSize ?? 2 * MiB);
-  const targetIsZero = opts.targetIsZero ?? true;
+  const chunkSize = Math.max(sparse, opts.chunkSize ?? 512 * 1024);
+  const topOnly = opts.targetHasBacking ?? false;
+  // A target with a backing file does not read as zero where nothing is written.
+  const targetIsZero = (opts.targetIsZero ?? true) && !topOnly;
   const fullyAllocate = sparse === 0;
   const zeroBuf = new Uint8Array(chunkSize);
 
-  const total = opts.progress ? await workBytes(sources, fullyAllocate) : 0;
+  const total = opts.progress ? await workBytes(sources, fullyAllocate, topOnly) : 0;
   let done = 0;
   const report = (n: number): void => {
     if (!opts.progress || total === 0) return;
@@ -133,7 +171,13 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
     await flushRun(buf.length);
   };
 
-  const work = plan(sources, chunkSize);
+  if (opts.compressClusterSize !== undefined) {
+    await convertCompressed(sources, target, opts.compressClusterSize, { parallel, sparse, targetIsZero, topOnly, writeZeroes, report });
+    await target.flush();
+    return;
+  }
+
+  const work = plan(sources, chunkSize, topOnly);
   let failed: unknown;
   const worker = async (): Promise<void> => {
     for (;;) {
@@ -142,7 +186,9 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
       if (next.done) return;
       const w = next.value;
       try {
-        if (w.data) {
+        if (w.kind === 'backing') {
+          // Left to the target's backing file.
+        } else if (w.kind === 'data') {
           const buf = new Uint8Array(w.length);
           await attempt('reading', w.dstOffset, () => w.source.read(w.srcOffset, buf));
           await attempt('writing', w.dstOffset, () => writeSparse(w.dstOffset, buf));
@@ -160,4 +206,86 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
   await Promise.all(Array.from({ length: parallel }, worker));
   if (failed !== undefined) throw failed;
   await target.flush();
+}
+
+/** Reads guest bytes of the concatenated sources at a target offset. */
+async function readConcat(sources: readonly Image[], offset: number, into: Uint8Array): Promise<void> {
+  let base = 0;
+  let pos = 0;
+  for (const s of sources) {
+    const end = base + s.size;
+    if (offset + pos < end && pos < into.length) {
+      const within = offset + pos - base;
+      const n = Math.min(into.length - pos, s.size - within);
+      await s.read(within, into.subarray(pos, pos + n));
+      pos += n;
+    }
+    base = end;
+  }
+  into.fill(0, pos);
+}
+
+/**
+ * convert -c: cluster by cluster, as qemu-img does. A cluster lying wholly
+ * in one zero run is zeroed (or skipped on a zero target), one wholly left
+ * to the target's backing file is skipped, any other cluster is read whole
+ * and written compressed unless it is all zero, which is then treated as a
+ * zero cluster.
+ */
+async function convertCompressed(
+  sources: readonly Image[],
+  target: ConvertTarget,
+  clusterSize: number,
+  o: {
+    parallel: number;
+    sparse: number;
+    targetIsZero: boolean;
+    topOnly: boolean;
+    writeZeroes: (offset: number, length: number) => Promise<void>;
+    report: (n: number) => void;
+  },
+): Promise<void> {
+  if (!target.writeCompressed) throw new Error('Compression not supported for this file format');
+  const total = totalSize(sources);
+  const segs: { start: number; end: number; kind: Kind }[] = [];
+  for await (const r of runs(sources, o.topOnly)) {
+    const last = segs[segs.length - 1];
+    if (last && last.kind === r.kind && last.end === r.dstOffset) last.end += r.length;
+    else segs.push({ start: r.dstOffset, end: r.dstOffset + r.length, kind: r.kind });
+  }
+  let segIdx = 0;
+  const kindOf = (start: number, end: number): Kind => {
+    while (segIdx < segs.length && segs[segIdx]!.end <= start) segIdx++;
+    const seg = segs[segIdx];
+    return seg && seg.start <= start && seg.end >= end ? seg.kind : 'data';
+  };
+  let next = 0;
+  let failed: unknown;
+  const worker = async (): Promise<void> => {
+    while (failed === undefined && next < total) {
+      const start = next;
+      const length = Math.min(clusterSize, total - start);
+      next += length;
+      let kind = kindOf(start, start + length);
+      // -S 0: zero clusters are written (compressed) too.
+      if (kind === 'zero' && o.sparse === 0) kind = 'data';
+      try {
+        if (kind === 'zero') {
+          if (!o.targetIsZero) await attempt('writing', start, () => o.writeZeroes(start, length));
+        } else if (kind === 'data') {
+          const buf = new Uint8Array(length);
+          await attempt('reading', start, () => readConcat(sources, start, buf));
+          // A compressed cluster is written whole, so only an all-zero one is saved.
+          if (o.sparse === 0 || !isZero(buf)) await attempt('writing', start, () => target.writeCompressed!(start, buf));
+          else if (!o.targetIsZero) await attempt('writing', start, () => o.writeZeroes(start, length));
+          o.report(length);
+        }
+      } catch (e) {
+        failed ??= e;
+        return;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: o.parallel }, worker));
+  if (failed !== undefined) throw failed;
 }

@@ -247,7 +247,13 @@ test('info: snapshots, bitmaps, lazy refcounts, dirty', { skip }, async () => {
 test('encrypted images: info works, reads need a secret', { skip }, async () => {
   for (const fmt of ['luks', 'aes']) {
     const name = `enc-${fmt}.qcow2`;
-    run('qemu-img', 'create', '-f', 'qcow2', '--object', 'secret,id=s0,data=abc', '-o', `encrypt.format=${fmt},encrypt.key-secret=s0${fmt === 'luks' ? ',encrypt.iter-time=10' : ''}`, p(name), '1M');
+    // QEMU times its PBKDF with getrusage; on a busy machine a very short
+    // iter-time can fail ("Unable to get accurate CPU usage"), so allow retries.
+    const args = ['create', '-f', 'qcow2', '--object', 'secret,id=s0,data=abc', '-o', `encrypt.format=${fmt},encrypt.key-secret=s0${fmt === 'luks' ? ',encrypt.iter-time=100' : ''}`, p(name), '1M'];
+    for (let attempt = 1; ; attempt++) {
+      if (spawnSync('qemu-img', args).status === 0) break;
+      if (attempt === 3) run('qemu-img', ...args);
+    }
     const img = await openImageFile(p(name), { metadataOnly: true });
     await checkInfo(name, img);
     await assert.rejects(img.read(0, new Uint8Array(512)), (e: unknown) => e instanceof ImageError && e.code === 'needs-secret');

@@ -1,16 +1,25 @@
-/** qemu-img convert with a raw target (image targets plug in through ConvertTarget). */
+/** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
+import { availableParallelism } from 'node:os';
 import type { Image } from '../../block/image.js';
+import { parseFormatName } from '../../block/probe.js';
+import { openImageFile } from '../../node.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
 import { convertImages, ConvertError, totalSize, type ConvertTarget } from '../../ops/convert.js';
 import { CliError, cvtnum, messageOf, openCli, out, Progress, strerror, validCache } from '../common.js';
 import { getopt, parseSize } from '../options.js';
+import { accumulate, createFormatted, CreateError, hasHelpOption, optionHelp, parseCreateOptions } from './create.js';
 
-export const convertHelp = `usage: qimg convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-o options] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
+export const convertHelp = `usage: qimg convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
 
 Copy one or more images (concatenated) into a new image.
   -f, --source-format=FMT  format of the source images; probed when absent
-  -O, --target-format=FMT  output format (default raw; only raw is written today)
+  -O, --target-format=FMT  output format: raw (default), qcow2 or qed
+  -o, --target-format-options=OPTIONS  creation options of the output (-o help lists them)
+  -c, --compress           compress every data cluster (qcow2), on all cores
+  -B, -b, --backing=FILE   backing file of the output: only what the sources'
+                           top layers allocate is copied
+  -F, --backing-format=FMT format of that backing file (required with -B)
   -n, --no-create          write into an existing output file, which must be large enough
   -S, --sparse-size=SIZE   zero detection granularity (default 4k, 0 = fully allocate)
   -m, --parallel=N         requests in flight, 1..16 (default 8)
@@ -33,6 +42,20 @@ export function storageTarget(st: Storage): ConvertTarget {
   };
 }
 
+/** A writable image as a convert target. */
+export function imageTarget(img: Image): ConvertTarget {
+  return {
+    write: (offset, data) => img.write(offset, data),
+    writeCompressed: (offset, data) => img.write(offset, data, { compressed: true }),
+    writeZeroes: (offset, length) => img.writeZeroes(offset, length, { mayUnmap: true }),
+    flush: () => img.flush(),
+    close: () => img.close(),
+  };
+}
+
+/** A value by name without disturbing later parsing (reading marks it used, which is harmless here). */
+const OptionBagPeek = (bag: { string(k: string): string | undefined }, key: string): string | undefined => bag.string(key);
+
 export async function cmdConvert(args: string[]): Promise<number> {
   const { options, operands } = getopt(args, ':hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:', [
     { name: 'help', arg: 'none', key: 'h' },
@@ -44,6 +67,17 @@ export async function cmdConvert(args: string[]): Promise<number> {
     { name: 'bitmaps', arg: 'none', key: 'bitmaps' },
     { name: 'skip-broken-bitmaps', arg: 'none', key: 'skip-broken-bitmaps' },
     { name: 'force-share', arg: 'none', key: 'U' },
+    { name: 'backing', arg: 'required', key: 'b' },
+    { name: 'backing-format', arg: 'required', key: 'F' },
+    { name: 'compress', arg: 'none', key: 'c' },
+    { name: 'target-format', arg: 'required', key: 'O' },
+    { name: 'source-format', arg: 'required', key: 'f' },
+    { name: 'target-format-options', arg: 'required', key: 'o' },
+    { name: 'no-create', arg: 'none', key: 'n' },
+    { name: 'sparse-size', arg: 'required', key: 'S' },
+    { name: 'parallel', arg: 'required', key: 'm' },
+    { name: 'progress', arg: 'none', key: 'p' },
+    { name: 'quiet', arg: 'none', key: 'q' },
   ]);
   let srcFmt: string | undefined;
   let outFmt = 'raw';
@@ -56,6 +90,9 @@ export async function cmdConvert(args: string[]): Promise<number> {
   let targetIsZero = false;
   let cache: string | undefined;
   let srcCache: string | undefined;
+  let optText: string | undefined;
+  let outBase: string | undefined;
+  let outBaseFmt: string | undefined;
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -106,8 +143,15 @@ export async function cmdConvert(args: string[]): Promise<number> {
         targetIsZero = true;
         break;
       case 'B':
+      case 'b':
+        outBase = v;
+        break;
       case 'F':
-        throw new CliError('Backing files for the output are not supported by convert yet');
+        outBaseFmt = v;
+        break;
+      case 'o':
+        optText = accumulate(optText, v);
+        break;
       case 'l':
         throw new CliError('Snapshots (-l) are not supported by convert yet');
       case 'image-opts':
@@ -117,10 +161,15 @@ export async function cmdConvert(args: string[]): Promise<number> {
         throw new CliError('--object is not supported yet');
       case 'bitmaps':
         throw new CliError('--bitmaps is not supported by convert yet');
-      // -C, -W, -U, -r, -o, --salvage: accepted; they do not change a raw copy's result.
+      // -C, -W, -U, -r, --salvage: accepted; they do not change the result.
     }
   }
   if (quiet) progress = false;
+  if (optText !== undefined && hasHelpOption(optText)) {
+    if (!['raw', 'qcow2', 'qed'].includes(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
+    out(optionHelp(outFmt, operands.length >= 2 ? operands[operands.length - 1] : undefined));
+    return 0;
+  }
   if (operands.length < 2) throw new CliError('Must specify image file name');
   if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
   if (srcCache !== undefined && !validCache(srcCache)) throw new CliError(`Invalid source cache option: ${srcCache}`);
@@ -131,36 +180,91 @@ export async function cmdConvert(args: string[]): Promise<number> {
   meter.print(0, 100);
   const sources: Image[] = [];
   let storage: Storage | undefined;
+  let image: Image | undefined;
   try {
     for (const p of srcPaths) sources.push(await openCli(p, { format: srcFmt }));
-    if (outFmt === 'qcow2' || outFmt === 'qed') throw new CliError(`Output format '${outFmt}' is not supported by convert yet`);
-    if (outFmt !== 'raw') throw new CliError(`Unknown file format '${outFmt}'`);
-    if (compress) throw new CliError('Compression not supported for this file format');
-    if (cache !== undefined && !validCache(cache)) throw new CliError(`Invalid cache option: ${cache}`);
     const total = totalSize(sources);
+    const isImageFmt = outFmt === 'qcow2' || outFmt === 'qed';
+    let targetHasBacking = false;
+    if (!noCreate) {
+      if (outFmt !== 'raw' && !isImageFmt) throw new CliError(`Unknown file format '${outFmt}'`);
+    }
+    let bag;
+    try {
+      bag = parseCreateOptions(parseFormatName(outFmt) ?? 'raw', optText);
+    } catch (e) {
+      throw new CliError(messageOf(e), 1, { cause: e });
+    }
+    if (outBase !== undefined) {
+      if (!isImageFmt) throw new CliError(`Backing file not supported for file format '${outFmt}'`);
+      bag.set('backing_file', outBase);
+    }
+    if (outBaseFmt !== undefined) {
+      if (!isImageFmt) throw new CliError(`Backing file format not supported for file format '${outFmt}'`);
+      bag.set('backing_fmt', outBaseFmt);
+    }
+    if (bag.has('backing_file')) {
+      targetHasBacking = true;
+      if (srcPaths.length > 1) throw new CliError('Having a backing file for the target makes no sense when concatenating multiple input images');
+      if (!bag.has('backing_fmt')) throw new CliError('Use of backing file requires explicit backing format');
+    }
+    if (compress) {
+      if (outFmt !== 'qcow2') throw new CliError('Compression not supported for this file format');
+      const enc = OptionBagPeek(bag, 'encryption') === 'on' || bag.has('encrypt.format');
+      if (enc) throw new CliError('Compression and encryption not supported at the same time');
+      const pre = OptionBagPeek(bag, 'preallocation');
+      if (pre !== undefined && pre !== 'off') throw new CliError('Compression and preallocation not supported at the same time');
+    }
+    if (cache !== undefined && !validCache(cache)) throw new CliError(`Invalid cache option: ${cache}`);
+    const targetUnsafe = (cache ?? 'unsafe') === 'unsafe';
 
-    if (noCreate) {
+    if (!noCreate && isImageFmt) {
       try {
-        storage = await FileStorage.open(outPath, { writable: true });
+        await createFormatted({ filename: outPath, fmt: outFmt, bag, size: total, printLine: false });
+      } catch (e) {
+        throw new CliError(`${outPath}: error while converting ${outFmt}: ${messageOf(e)}${e instanceof CreateError ? e.hint.replace(/\n$/, '') : ''}`, 1, { cause: e });
+      }
+    }
+
+    let target: ConvertTarget;
+    let clusterSize: number | undefined;
+    if (isImageFmt) {
+      try {
+        // qemu-img's default target cache mode is unsafe: flushes are skipped.
+        image = await openImageFile(outPath, { format: outFmt as 'qcow2' | 'qed', writable: true, unsafe: targetUnsafe });
+      } catch (e) {
+        throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
+      }
+      if (noCreate && image.size < total) throw new CliError('output file is smaller than input file');
+      target = imageTarget(image);
+      if (compress) clusterSize = (await image.info())['cluster-size'];
+    } else if (noCreate) {
+      try {
+        storage = await FileStorage.open(outPath, { writable: true, unsafe: targetUnsafe });
       } catch (e) {
         throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
       }
       const outSize = Math.ceil((await storage.size()) / SECTOR) * SECTOR;
       if (outSize < total) throw new CliError('output file is smaller than input file');
+      target = storageTarget(storage);
     } else {
       try {
-        storage = await FileStorage.open(outPath, { writable: true, create: true, truncate: true });
+        storage = await FileStorage.open(outPath, { writable: true, create: true, truncate: true, unsafe: targetUnsafe });
         await storage.truncate(total);
       } catch (e) {
         throw new CliError(`${outPath}: error while converting ${outFmt}: Could not create '${outPath}': ${strerror((e as { cause?: unknown }).cause ?? e)}`, 1, { cause: e });
       }
+      target = storageTarget(storage);
     }
 
     try {
-      await convertImages(sources, storageTarget(storage), {
+      await convertImages(sources, target, {
         sparseSize,
-        parallel,
+        // Compression runs on worker threads and the libuv pool: keep every core busy.
+        parallel: compress ? Math.max(parallel, 2 * availableParallelism()) : parallel,
         targetIsZero: !noCreate || targetIsZero,
+        targetHasBacking,
+        compressClusterSize: clusterSize,
         progress: (pct) => meter.print(pct, 0),
       });
     } catch (e) {
@@ -170,6 +274,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
   } finally {
     meter.end();
     await storage?.close().catch(() => {});
+    await image?.close().catch(() => {});
     for (const s of sources) await s.close().catch(() => {});
   }
   return 0;

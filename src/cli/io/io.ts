@@ -6,7 +6,9 @@ import { createInterface } from 'node:readline';
 import type { Image } from '../../block/image.js';
 import { parseFormatName } from '../../block/probe.js';
 import { openImageFile } from '../../node.js';
-import { CliError, err, messageOf, out, validCache } from '../common.js';
+import { readFileSync } from 'node:fs';
+import { isImageError } from '../../errors.js';
+import { CliError, err, messageOf, out, PROG, strerror, validCache } from '../common.js';
 import { cvtstr, timestr, toFixedC } from '../format.js';
 import { dumpQObject } from '../img/info.js';
 import { getopt, parseSize } from '../options.js';
@@ -16,10 +18,12 @@ export const ioHelp = `usage: qimg io [-f fmt] [-r] [-U] [-t cache] [-c command]
 Run qemu-io commands on an image; without -c, commands are read from stdin.
   -c, --cmd=STRING   command to run (repeatable), e.g. -c 'read -P 0 0 64k'
   -f, --format=FMT   image format (raw, qcow2, qed); probed when absent
-  -r, --read-only    open read-only
+  -r, --read-only    open read-only (default: read-write)
   -U, --force-share  open without taking locks (accepted for compatibility)
 
-Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, map, alloc off [count], length, info, help, quit
+Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, write [-cCqzu] [-P pattern] off len,
+  discard [-Cq] off len, flush, aio_write, aio_flush, truncate off, abort, map, alloc off [count], length,
+  info, help, quit
 `;
 
 /** BDRV_REQUEST_MAX_BYTES */
@@ -32,6 +36,8 @@ interface Command {
   argmax: number;
   args: string;
   oneline: string;
+  /** Needs a writable image (qemu-io's BLK_PERM_WRITE). */
+  writes?: boolean;
   run(img: Image, argv: string[]): Promise<number>;
 }
 
@@ -357,7 +363,338 @@ const infoCmd: Command = {
   },
 };
 
-const COMMANDS: Command[] = [readCmd, mapCmd, allocCmd, lengthCmd, infoCmd];
+/** strerror() of a failed request: the block layer's errors carry errno-like meanings. */
+function errnoText(e: unknown): string {
+  const msg = messageOf(e);
+  if (KNOWN_ERRNO_TEXT.has(msg)) return msg;
+  if (isImageError(e, 'unsupported')) return 'Operation not supported';
+  if (isImageError(e, 'bad-argument')) return 'Invalid argument';
+  if (isImageError(e, 'read-only')) return 'Operation not permitted';
+  if (isImageError(e, 'io', 'corrupt', 'invalid')) return 'Input/output error';
+  return strerror(e);
+}
+const KNOWN_ERRNO_TEXT = new Set([
+  'Input/output error',
+  'Invalid argument',
+  'Operation not supported',
+  'Operation not permitted',
+  'No space left on device',
+  'Numerical result out of range',
+  'Permission denied',
+]);
+
+/** blk_check_byte_request: requests past the end fail with EIO. */
+const outOfRange = (img: Image, offset: number, count: number): boolean => offset > img.size || img.size - offset < count;
+
+/** qemu_io_alloc_from_file: the file's bytes, repeated to fill the buffer. */
+function patternFromFile(name: string, count: number): Uint8Array | undefined {
+  let src: Uint8Array;
+  try {
+    src = readFileSync(name);
+  } catch (e) {
+    // perror(), as qemu-io does
+    err(`${name}: ${strerror(e)}\n`);
+    return undefined;
+  }
+  const buf = new Uint8Array(count);
+  if (src.length === 0) return buf;
+  for (let p = 0; p < count; p += src.length) buf.set(src.subarray(0, Math.min(src.length, count - p)), p);
+  return buf;
+}
+
+interface WriteRequest {
+  offset: number;
+  count: number;
+  zero: boolean;
+  compressed: boolean;
+  mayUnmap: boolean;
+  data?: Uint8Array;
+}
+
+/** Parse write/aio_write options the way qemu-io's write_f does; undefined after printing why. */
+function parseWrite(ct: Command, argv: string[], optstring: string, aio: boolean): { req: WriteRequest; quiet: boolean; parsable: boolean; ret?: never } | { ret: number } {
+  const p = cmdGetopt(argv, optstring);
+  if (!p) {
+    usage(ct);
+    return { ret: -22 };
+  }
+  let bflag = false;
+  let cflag = false;
+  let parsable = false;
+  let fua = false;
+  let noFallback = false;
+  let pflag = false;
+  let quiet = false;
+  let sflag = false;
+  let mayUnmap = false;
+  let zflag = false;
+  let pattern = 0xcd;
+  let fileName = '';
+  for (const [c, v] of p.opts) {
+    switch (c) {
+      case 'b':
+        bflag = true;
+        break;
+      case 'c':
+        cflag = true;
+        break;
+      case 'C':
+        parsable = true;
+        break;
+      case 'f':
+        fua = true;
+        break;
+      case 'n':
+        noFallback = true;
+        break;
+      case 'P':
+        pflag = true;
+        pattern = parsePattern(v!);
+        if (pattern < 0) return { ret: -22 };
+        break;
+      case 'q':
+        quiet = true;
+        break;
+      case 's':
+        sflag = true;
+        fileName = v!;
+        break;
+      case 'u':
+        mayUnmap = true;
+        break;
+      case 'z':
+        zflag = true;
+        break;
+    }
+  }
+  if (aio ? p.operands.length < 2 : p.operands.length !== 2) {
+    usage(ct);
+    return { ret: -22 };
+  }
+  if (bflag && zflag) {
+    out('-b and -z cannot be specified at the same time\n');
+    return { ret: -22 };
+  }
+  if (fua && (bflag || cflag)) {
+    out('-f and -b or -c cannot be specified at the same time\n');
+    return { ret: -22 };
+  }
+  if (noFallback && !zflag) {
+    out('-n requires -z to be specified\n');
+    return { ret: -22 };
+  }
+  if (mayUnmap && !zflag) {
+    out('-u requires -z to be specified\n');
+    return { ret: -22 };
+  }
+  if (Number(zflag) + Number(pflag) + Number(sflag) > 1) {
+    out('Only one of -z, -P, and -s can be specified at the same time\n');
+    return { ret: -22 };
+  }
+  const offArg = p.operands[0]!;
+  const offset = cvtnum(offArg);
+  if (offset < 0) {
+    cvtnumErr(offset, offArg);
+    return { ret: offset };
+  }
+  // aio_write takes several lengths (a vector); they are written as one request.
+  let count = 0;
+  for (const countArg of p.operands.slice(1)) {
+    const n = cvtnum(countArg);
+    if (n < 0) {
+      cvtnumErr(n, countArg);
+      return { ret: n };
+    }
+    if (n > MAX_REQUEST && !noFallback) {
+      out(`length cannot exceed ${MAX_REQUEST} without -n, given ${countArg}\n`);
+      return { ret: -22 };
+    }
+    count += n;
+  }
+  if (bflag || cflag) {
+    if (offset % 512 !== 0) {
+      out(`${offset} is not a sector-aligned value for 'offset'\n`);
+      return { ret: -22 };
+    }
+    if (count % 512 !== 0) {
+      out(`${count} is not a sector-aligned value for 'count'\n`);
+      return { ret: -22 };
+    }
+  }
+  if (bflag) {
+    out('write failed: Operation not supported\n');
+    return { ret: -95 };
+  }
+  let data: Uint8Array | undefined;
+  if (!zflag) {
+    if (sflag) {
+      data = patternFromFile(fileName, count);
+      if (!data) return { ret: -22 };
+    } else {
+      data = new Uint8Array(count).fill(pattern);
+    }
+  }
+  return { req: { offset, count, zero: zflag, compressed: cflag && !zflag, mayUnmap, data }, quiet, parsable };
+}
+
+async function doWrite(img: Image, r: WriteRequest): Promise<string | undefined> {
+  if (outOfRange(img, r.offset, r.count)) return 'Input/output error';
+  try {
+    if (r.zero) await img.writeZeroes(r.offset, r.count, { mayUnmap: r.mayUnmap });
+    else if (r.compressed) {
+      // Only qcow2 stores compressed clusters (bdrv_pwrite_compressed is ENOTSUP elsewhere).
+      if (img.format !== 'qcow2') return 'Operation not supported';
+      await img.write(r.offset, r.data!, { compressed: true });
+    } else await img.write(r.offset, r.data!);
+  } catch (e) {
+    return errnoText(e);
+  }
+  return undefined;
+}
+
+function writeCommand(name: string, altname: string | undefined, aio: boolean): Command {
+  const ct: Command = {
+    name,
+    altname,
+    argmin: 2,
+    argmax: -1,
+    args: aio ? '[-Cfiquz] [-P pattern] off len [len..]' : '[-bcCfnquz] [-P pattern] off len',
+    oneline: aio ? 'asynchronously writes a number of bytes' : 'writes a number of bytes at a specified offset',
+    writes: true,
+    async run(img, argv) {
+      const parsed = parseWrite(ct, argv, aio ? 'CfiqP:uz' : 'bcCfnpP:qs:uz', aio);
+      if (parsed.ret !== undefined) return parsed.ret;
+      const { req, quiet, parsable } = parsed;
+      const t1 = performance.now();
+      const failure = await doWrite(img, req);
+      const seconds = (performance.now() - t1) / 1000;
+      if (failure !== undefined) {
+        out(`${aio ? 'aio_write' : 'write'} failed: ${failure}\n`);
+        return -5;
+      }
+      if (!quiet) out(report('wrote', seconds, req.offset, req.count, req.count, 1, parsable));
+      return 0;
+    },
+  };
+  return ct;
+}
+
+const writeCmd = writeCommand('write', 'w', false);
+const aioWriteCmd = writeCommand('aio_write', undefined, true);
+
+const discardCmd: Command = {
+  name: 'discard',
+  altname: 'd',
+  argmin: 2,
+  argmax: -1,
+  args: '[-Cq] off len',
+  oneline: 'discards a number of bytes at a specified offset',
+  writes: true,
+  async run(img, argv) {
+    const p = cmdGetopt(argv, 'Cq');
+    if (!p || p.operands.length !== 2) {
+      usage(discardCmd);
+      return -22;
+    }
+    const parsable = p.opts.some(([c]) => c === 'C');
+    const quiet = p.opts.some(([c]) => c === 'q');
+    const [offArg, countArg] = p.operands as [string, string];
+    const offset = cvtnum(offArg);
+    if (offset < 0) {
+      cvtnumErr(offset, offArg);
+      return offset;
+    }
+    const count = cvtnum(countArg);
+    if (count < 0) {
+      cvtnumErr(count, countArg);
+      return count;
+    } else if (count > MAX_REQUEST) {
+      out(`length cannot exceed ${MAX_REQUEST}, given ${countArg}\n`);
+      return -22;
+    }
+    const t1 = performance.now();
+    let failure: string | undefined;
+    if (outOfRange(img, offset, count)) failure = 'Input/output error';
+    else {
+      try {
+        await img.discard(offset, count);
+      } catch (e) {
+        failure = errnoText(e);
+      }
+    }
+    const seconds = (performance.now() - t1) / 1000;
+    if (failure !== undefined) {
+      out(`discard failed: ${failure}\n`);
+      return -5;
+    }
+    if (!quiet) out(report('discard', seconds, offset, count, count, 1, parsable));
+    return 0;
+  },
+};
+
+async function flushImage(img: Image): Promise<number> {
+  try {
+    await img.flush();
+    return 0;
+  } catch {
+    return -5;
+  }
+}
+
+const flushCmd: Command = {
+  name: 'flush',
+  altname: 'f',
+  argmin: 0,
+  argmax: 0,
+  args: '',
+  oneline: 'flush all in-core file state to disk',
+  run: (img) => flushImage(img),
+};
+
+const aioFlushCmd: Command = {
+  name: 'aio_flush',
+  argmin: 0,
+  argmax: 0,
+  args: '',
+  oneline: 'completes all outstanding aio requests',
+  // Requests complete before the next command starts, so there is nothing to wait for.
+  run: async () => 0,
+};
+
+const truncateCmd: Command = {
+  name: 'truncate',
+  altname: 't',
+  argmin: 1,
+  argmax: 1,
+  args: 'off',
+  oneline: 'truncates the current file at the given offset',
+  writes: true,
+  async run(_img, argv) {
+    const offset = cvtnum(argv[1]!);
+    if (offset < 0) {
+      cvtnumErr(offset, argv[1]!);
+      return offset;
+    }
+    // The block layer cannot resize images yet: qemu's message for a driver without truncate.
+    err(`${PROG}: Image format driver does not support resize\n`);
+    return -95;
+  },
+};
+
+const abortCmd: Command = {
+  name: 'abort',
+  argmin: 0,
+  argmax: 0,
+  args: '',
+  oneline: 'simulate a program crash using abort(3)',
+  async run() {
+    // As qemu-io: die at once, nothing flushed or closed (crash simulation). SIGABRT gives exit status 134.
+    process.kill(process.pid, 'SIGABRT');
+    return new Promise<number>(() => {});
+  },
+};
+
+const COMMANDS: Command[] = [readCmd, writeCmd, aioWriteCmd, aioFlushCmd, discardCmd, flushCmd, truncateCmd, abortCmd, mapCmd, allocCmd, lengthCmd, infoCmd];
 
 /** qemu's breakline: split on spaces, dropping empty words. */
 const breakline = (line: string): string[] => line.split(' ').filter((w) => w !== '');
@@ -385,6 +722,10 @@ export async function runCommand(img: Image, line: string): Promise<number | 'qu
     else err(`bad argument count ${n} to ${name}, expected between ${ct.argmin} and ${ct.argmax} arguments\n`);
     return -22;
   }
+  if (ct.writes && !img.driver.writable) {
+    err(`${PROG}: Block node is read-only\n`);
+    return -1;
+  }
   return ct.run(img, argv);
 }
 
@@ -407,6 +748,7 @@ export async function cmdIo(args: string[]): Promise<number> {
   ]);
   const cmds: string[] = [];
   let format: string | undefined;
+  let readOnly = false;
   for (const o of options) {
     switch (o.key) {
       case 'h':
@@ -417,6 +759,9 @@ export async function cmdIo(args: string[]): Promise<number> {
         break;
       case 'f':
         format = o.value;
+        break;
+      case 'r':
+        readOnly = true;
         break;
       case 't':
         if (!validCache(o.value!)) throw new CliError(`Invalid cache option: ${o.value}`);
@@ -439,10 +784,17 @@ export async function cmdIo(args: string[]): Promise<number> {
   }
   let img: Image;
   try {
-    // Only read-only commands exist so far, so the image is never opened for writing.
-    img = await openImageFile(path, { format: fmt });
+    // qemu-io opens read-write unless -r is given.
+    img = await openImageFile(path, { format: fmt, writable: !readOnly });
   } catch (e) {
     throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
+  }
+  if (!readOnly && fmt === undefined && img.format === 'raw') {
+    err(
+      `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
+        '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+    );
   }
   let failed = false;
   try {
