@@ -100,6 +100,12 @@ async function* runs(sources: readonly Image[], topOnly: boolean): AsyncGenerato
   }
 }
 
+/** Whether words [from, to) are all zero. */
+function zeroWords(words: Uint32Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (words[i] !== 0) return false;
+  return true;
+}
+
 async function* plan(sources: readonly Image[], chunkSize: number, topOnly: boolean): AsyncGenerator<Work> {
   for await (const r of runs(sources, topOnly)) {
     if (r.kind !== 'data') {
@@ -147,7 +153,7 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
   };
 
   /** Write `buf` at `offset`, leaving sparse-size blocks that are all zero as holes. */
-  const writeSparse = async (offset: number, buf: Uint8Array): Promise<void> => {
+  const writeSparse = async (offset: number, buf: Uint8Array, words?: Uint32Array): Promise<void> => {
     if (fullyAllocate) return target.write(offset, buf);
     let pos = 0;
     let runStart = 0;
@@ -160,7 +166,7 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
     while (pos < buf.length) {
       // Blocks are aligned to the target offset, as qemu aligns them to the sector number.
       const end = Math.min(buf.length, pos + sparse - ((offset + pos) % sparse));
-      const data = !isZero(buf.subarray(pos, end));
+      const data = words && pos % 4 === 0 && end % 4 === 0 ? !zeroWords(words, pos >>> 2, end >>> 2) : !isZero(buf.subarray(pos, end));
       if (data !== runIsData) {
         await flushRun(pos);
         runStart = pos;
@@ -180,6 +186,9 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
   const work = plan(sources, chunkSize, topOnly);
   let failed: unknown;
   const worker = async (): Promise<void> => {
+    // One buffer per worker, reused: writes complete before the next read.
+    const own = new Uint8Array(chunkSize);
+    const words = new Uint32Array(own.buffer);
     for (;;) {
       if (failed !== undefined) return;
       const next = await work.next();
@@ -189,9 +198,9 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
         if (w.kind === 'backing') {
           // Left to the target's backing file.
         } else if (w.kind === 'data') {
-          const buf = new Uint8Array(w.length);
+          const buf = own.subarray(0, w.length);
           await attempt('reading', w.dstOffset, () => w.source.read(w.srcOffset, buf));
-          await attempt('writing', w.dstOffset, () => writeSparse(w.dstOffset, buf));
+          await attempt('writing', w.dstOffset, () => writeSparse(w.dstOffset, buf, words));
           report(w.length);
         } else {
           if (fullyAllocate || !targetIsZero) await attempt('writing', w.dstOffset, () => writeZeroes(w.dstOffset, w.length));
