@@ -24,6 +24,8 @@ interface Variant {
   backing?: boolean;
   dataFile?: boolean;
   v2?: boolean;
+  /** Every cluster has host data from the start: compressed writes are refused, as in qemu. */
+  prealloc?: boolean;
 }
 
 const variants: Variant[] = [
@@ -38,6 +40,9 @@ const variants: Variant[] = [
   { name: 'zstd over backing', opts: 'compression_type=zstd,cluster_size=4096', cluster: 4096, size: 1 << 20, backing: true },
   { name: 'external data file', opts: 'cluster_size=4096', cluster: 4096, size: 1 << 20, dataFile: true },
   { name: 'odd size', opts: 'cluster_size=4096', cluster: 4096, size: (1 << 20) - 1536 },
+  { name: 'preallocation=metadata', opts: 'cluster_size=4096,preallocation=metadata', cluster: 4096, size: 1 << 20, prealloc: true },
+  { name: 'preallocation=full, extended L2', opts: 'cluster_size=16384,extended_l2=on,preallocation=full', cluster: 16384, size: 1 << 20, prealloc: true },
+  { name: 'raw external data file', opts: 'cluster_size=4096,data_file_raw=on', cluster: 4096, size: 1 << 20, dataFile: true },
 ];
 
 type Op =
@@ -69,7 +74,7 @@ function opsFor(v: Variant): fc.Arbitrary<Op[]> {
     { weight: 2, arbitrary: fc.tuple(range, fc.boolean()).map(([r, unmap]) => ({ kind: 'zero' as const, ...r, unmap })) },
     { weight: 1, arbitrary: range.map((r) => ({ kind: 'discard' as const, ...r })) },
     {
-      weight: v.dataFile ? 0 : 2,
+      weight: v.dataFile || v.prealloc ? 0 : 2,
       arbitrary: fc.tuple(fc.integer({ min: 0, max: Math.ceil(v.size / v.cluster) - 1 }), fc.nat()).map(([cluster, seed]) => ({ kind: 'compress' as const, cluster, seed })),
     },
     {
