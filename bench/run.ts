@@ -20,21 +20,25 @@ const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
 const only = process.env.BENCH_ONLY?.split(',');
 const dir = process.env.BENCH_DIR ?? mkdtempSync(join(tmpdir(), 'qimg-bench-'));
+const BENCH_REQUESTS = Number(process.env.BENCH_REQUESTS ?? 100000);
 
 interface Run {
   ms: number;
   peakKiB: number;
   code: number;
   stderr: string;
+  stdout: string;
 }
 
 /** Run a command, polling /proc for its peak RSS (VmHWM), so no extra tool is needed. */
 function timed(cmd: string, args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
     const start = process.hrtime.bigint();
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
+    let stdout = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     let peakKiB = 0;
     const poll = setInterval(() => {
       try {
@@ -47,7 +51,11 @@ function timed(cmd: string, args: string[]): Promise<Run> {
     child.on('error', reject);
     child.on('exit', (code) => {
       clearInterval(poll);
-      resolve({ ms: Number(process.hrtime.bigint() - start) / 1e6, peakKiB, code: code ?? -1, stderr });
+      let ms = Number(process.hrtime.bigint() - start) / 1e6;
+      // bench reports its own run time (no process start-up): use it, as qemu-img bench users do.
+      const m = /Run completed in ([\d.]+) seconds/.exec(stdout);
+      if (m) ms = Number(m[1]) * 1000;
+      resolve({ ms, peakKiB, code: code ?? -1, stderr, stdout });
     });
   });
 }
@@ -76,7 +84,10 @@ interface Case {
   goal: string;
   qemu: { cmd: string; args: string[] };
   qimg: { cmd: string; args: string[] };
-  cleanup?: string[];
+  /** Run before each timed command (e.g. a fresh image for allocating writes). */
+  before?: () => void;
+  /** Requests per run: the table then shows IOPS and the ratio qimg/qemu-img of IOPS. */
+  requests?: number;
 }
 
 function cases(): Case[] {
@@ -94,7 +105,30 @@ function cases(): Case[] {
     { name: 'raw -> qcow2 -c zstd', goal: '<= 1.0', qemu: conv(['-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd'], src, out('as.qcow2')), qimg: qconv(['-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd'], src, out('bs.qcow2')) },
     { name: 'chain flatten -> qcow2', goal: '<= 1.0', qemu: conv(['-O', 'qcow2'], chain, out('ac.qcow2')), qimg: qconv(['-O', 'qcow2'], chain, out('bc.qcow2')) },
     { name: '4 TiB sparse qcow2 -> raw', goal: '<= 1.0', qemu: conv(['-O', 'raw'], sparse, out('a4t.raw')), qimg: qconv(['-O', 'raw'], sparse, out('b4t.raw')) },
+    { name: '4 GiB sparse qcow2 -> raw (same data)', goal: 'flat in size', qemu: conv(['-O', 'raw'], join(dir, 'sparse4g.qcow2'), out('a4g.raw')), qimg: qconv(['-O', 'raw'], join(dir, 'sparse4g.qcow2'), out('b4g.raw')) },
   ];
+  // qemu-img bench has no random mode: a step of 1 MiB + 4 KiB scatters 4 KiB requests over the image.
+  const benchArgs = (write: boolean, file: string) => ['bench', '-f', 'qcow2', '-c', String(BENCH_REQUESTS), '-d', '32', '-s', '4096', '-S', String((1 << 20) + 4096), ...(write ? ['-w'] : []), file];
+  const freshAlloc = () => {
+    for (const f of ['bench-w-a.qcow2', 'bench-w-b.qcow2']) q('create', '-f', 'qcow2', join(dir, f), `${sizeMiB}M`);
+  };
+  list.push(
+    {
+      name: 'bench 4 KiB scattered reads, depth 32 (IOPS)',
+      goal: '>= 1.0x',
+      requests: BENCH_REQUESTS,
+      qemu: { cmd: 'qemu-img', args: benchArgs(false, srcQ) },
+      qimg: { cmd: process.execPath, args: [qimgBin, ...benchArgs(false, srcQ)] },
+    },
+    {
+      name: 'bench 4 KiB allocating writes, depth 32 (IOPS)',
+      goal: '>= 1.0x',
+      requests: BENCH_REQUESTS,
+      before: freshAlloc,
+      qemu: { cmd: 'qemu-img', args: benchArgs(true, join(dir, 'bench-w-a.qcow2')) },
+      qimg: { cmd: process.execPath, args: [qimgBin, ...benchArgs(true, join(dir, 'bench-w-b.qcow2'))] },
+    },
+  );
   return only ? list.filter((c) => only.some((o) => c.name.includes(o))) : list;
 }
 
@@ -115,7 +149,16 @@ function prepare(): void {
   const cmds: string[] = [];
   for (let i = 0; i < 64; i++) cmds.push('-c', `write -P ${i + 1} ${i * 64 + 1}G 1M`);
   execFileSync('qemu-io', [...cmds, sparse], { stdio: 'ignore' });
+  // The same 64 MiB of data in a 4 GiB image: convert time should not depend on the virtual size.
+  const small = join(dir, 'sparse4g.qcow2');
+  q('create', '-f', 'qcow2', small, '4G');
+  const cmds4g: string[] = [];
+  for (let i = 0; i < 64; i++) cmds4g.push('-c', `write -P ${i + 1} ${i * 64}M 1M`);
+  execFileSync('qemu-io', [...cmds4g, small], { stdio: 'ignore' });
 }
+
+/** Milliseconds, or IOPS for bench rows. */
+const fmt = (c: Case, ms: number): string => (c.requests ? `${Math.round(c.requests / (ms / 1000))} IOPS` : ms.toFixed(0));
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -139,6 +182,7 @@ async function main(): Promise<void> {
       const got: Partial<Record<'qemu' | 'qimg', Run>> = {};
       for (const who of order) {
         const spec = who === 'qemu' ? c.qemu : c.qimg;
+        c.before?.();
         const run = await timed(spec.cmd, spec.args);
         if (run.code !== 0) failure = `${who} failed: ${run.stderr.trim().split('\n')[0]}`;
         got[who] = run;
@@ -146,11 +190,12 @@ async function main(): Promise<void> {
       if (failure) break;
       qemuRuns.push(got.qemu!);
       qimgRuns.push(got.qimg!);
-      ratios.push(got.qimg!.ms / got.qemu!.ms);
+      // For bench rows the ratio is of IOPS (qimg/qemu-img, higher is better); otherwise of time.
+      ratios.push(c.requests ? got.qemu!.ms / got.qimg!.ms : got.qimg!.ms / got.qemu!.ms);
     }
     const row = failure
       ? `| ${c.name} | ${c.goal} | n/a | n/a | n/a | n/a | n/a | ${failure} |`
-      : `| ${c.name} | ${c.goal} | ${median(qemuRuns.map((x) => x.ms)).toFixed(0)} | ${median(qimgRuns.map((x) => x.ms)).toFixed(0)} | ${median(ratios).toFixed(2)} | ${(Math.max(...qemuRuns.map((x) => x.peakKiB)) / 1024).toFixed(1)} | ${(Math.max(...qimgRuns.map((x) => x.peakKiB)) / 1024).toFixed(1)} | |`;
+      : `| ${c.name} | ${c.goal} | ${fmt(c, median(qemuRuns.map((x) => x.ms)))} | ${fmt(c, median(qimgRuns.map((x) => x.ms)))} | ${median(ratios).toFixed(2)} | ${(Math.max(...qemuRuns.map((x) => x.peakKiB)) / 1024).toFixed(1)} | ${(Math.max(...qimgRuns.map((x) => x.peakKiB)) / 1024).toFixed(1)} | |`;
     console.log(row);
     rows.push(row);
   }
@@ -162,6 +207,8 @@ async function main(): Promise<void> {
     `Ratio is the median of the per-round ratios qimg/qemu-img (lower is faster). Peak RSS is the child's VmHWM.`,
     '',
     `Machine: ${machine}. Source: ${sizeMiB} MiB raw (random data, text, half-zero blocks, holes). Rounds: ${rounds}.`,
+    '',
+    'Bench rows show IOPS and the ratio of IOPS (qimg/qemu-img, higher is better); their times are the ones each tool reports.',
     '',
     '| work | goal | qemu-img ms | qimg ms | ratio | qemu-img peak MiB | qimg peak MiB | note |',
     '|---|---|---|---|---|---|---|---|',
