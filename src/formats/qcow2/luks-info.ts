@@ -46,7 +46,8 @@ const CIPHER_KEY_SIZES: Record<string, number[]> = {
 /** qcrypto_block_luks_cipher_name_lookup: "aes" + 32-byte key → "aes-256" (XTS keys are doubled). */
 function cipherAlg(name: string, mode: string, keyBytes: number): string {
   const bytes = mode === 'xts' ? keyBytes / 2 : keyBytes;
-  const sizes = CIPHER_KEY_SIZES[name];
+  // Own keys only: a header naming 'constructor' or '__proto__' must not find Object.prototype's members.
+  const sizes = Object.hasOwn(CIPHER_KEY_SIZES, name) ? CIPHER_KEY_SIZES[name] : undefined;
   if (!sizes || !sizes.includes(bytes)) {
     throw new ImageError('unsupported', `Cipher '${name}' with key size ${bytes} bytes not supported`);
   }

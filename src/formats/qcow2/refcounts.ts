@@ -13,6 +13,8 @@ import * as C from './constants.js';
 import { entryAt } from './refcount.js';
 
 const TWO_32 = 0x1_0000_0000;
+/** Clean refcount blocks kept in memory (qemu's refcount cache is bounded as well). */
+const BLOCK_CACHE_BYTES = 8 * 1024 * 1024;
 
 export interface RefcountStoreConfig {
   storage: Storage;
@@ -120,12 +122,32 @@ export class RefcountStore {
     if (off === 0) return undefined;
     if (off % this.clusterSize !== 0) throw new ImageError('corrupt', `Refblock offset 0x${off.toString(16)} unaligned (reftable index: 0x${bi.toString(16)})`);
     let b = this.blocks.get(bi);
-    if (!b) {
+    if (b) {
+      // Refresh the LRU position.
+      this.blocks.delete(bi);
+      this.blocks.set(bi, b);
+    } else {
       b = new Uint8Array(this.clusterSize);
       await this.cfg.storage.read(b, off);
       this.blocks.set(bi, b);
+      this.evictClean();
     }
     return b;
+  }
+
+  /**
+   * Keep at most BLOCK_CACHE_BYTES of clean blocks: a hostile refcount table
+   * (a million entries naming full blocks) would otherwise make one
+   * allocation scan cache every block it passes. Dirty blocks stay until
+   * flushed; a clean one reads back the same from the disk.
+   */
+  private evictClean(): void {
+    const max = Math.max(8, Math.floor(BLOCK_CACHE_BYTES / this.clusterSize));
+    if (this.blocks.size <= max) return;
+    for (const key of this.blocks.keys()) {
+      if (this.blocks.size <= max) break;
+      if (!this.dirty.has(key)) this.blocks.delete(key);
+    }
   }
 
   async get(cluster: number): Promise<number> {
@@ -177,23 +199,26 @@ export class RefcountStore {
   private async findFree(count: number): Promise<number> {
     let start = this.freeIndex;
     let run = 0;
-    for (let c = start; ; c++) {
+    for (let c = start; ; ) {
       const bi = Math.floor(c / this.perBlock);
       const b = await this.block(bi);
+      const blockEnd = (bi + 1) * this.perBlock;
       if (!b) {
         // No block: every cluster it would describe is free.
-        const blockEnd = (bi + 1) * this.perBlock;
         if (run === 0) start = c;
         run += blockEnd - c;
         if (run >= count) return start;
-        c = blockEnd - 1;
+        c = blockEnd;
         continue;
       }
-      if (entryAt(b, c % this.perBlock, this.cfg.refcountOrder) === 0) {
-        if (run === 0) start = c;
-        if (++run >= count) return start;
-      } else {
-        run = 0;
+      // One lookup per block, not per cluster: a hostile table can make this scan very long.
+      for (; c < blockEnd; c++) {
+        if (entryAt(b, c % this.perBlock, this.cfg.refcountOrder) === 0) {
+          if (run === 0) start = c;
+          if (++run >= count) return start;
+        } else {
+          run = 0;
+        }
       }
     }
   }
@@ -360,6 +385,9 @@ export class RefcountStore {
     while (offset === 0 || room < size) {
       const c = await this.findFree(1);
       if (await this.ensureBlocks(c, 1)) continue;
+      // Cluster 0 (the header) "free" means the refcounts are corrupt; offset 0
+      // also means "none" here, so going on would loop forever (qemu refuses too).
+      if (c === 0) throw new ImageError('corrupt', 'Preventing invalid allocation of compressed cluster at offset 0');
       const next = c * this.clusterSize;
       if (offset === 0 || Math.ceil(offset / this.clusterSize) * this.clusterSize !== next) {
         offset = next;
