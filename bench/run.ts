@@ -209,6 +209,7 @@ async function main(): Promise<void> {
     `Machine: ${machine}. Source: ${sizeMiB} MiB raw (random data, text, half-zero blocks, holes). Rounds: ${rounds}.`,
     '',
     'Bench rows show IOPS and the ratio of IOPS (qimg/qemu-img, higher is better); their times are the ones each tool reports.',
+    'Where the time goes, what was tried, and which goals are not met: docs/performance.md.',
     '',
     '| work | goal | qemu-img ms | qimg ms | ratio | qemu-img peak MiB | qimg peak MiB | note |',
     '|---|---|---|---|---|---|---|---|',
