@@ -256,7 +256,10 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   summary.seconds = (Date.now() - t0) / 1000;
   summary.execsPerSecond = summary.executions / Math.max(summary.seconds, 0.001);
   summary.workerRestarts = host.restarts;
-  if (opts.findingsDir) for (const f of summary.findings) if (f.dir) writeFileSync(join(f.dir, 'finding.json'), findingJson(f));
+  if (opts.findingsDir) {
+    // Final counts; the directory may have been cleared meanwhile (a second run sharing it).
+    for (const f of summary.findings) if (f.dir) f.dir = saveFinding(opts.findingsDir, f, seeds.find((x) => x.name === f.seedImage)!);
+  }
   progress();
   return summary;
 }

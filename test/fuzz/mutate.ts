@@ -740,7 +740,9 @@ const MUTATORS: Array<{ name: string; weight: number; run: Mutator }> = [
     run: (b, L, r) => {
       if (L.format !== 'qcow2' || L.reftable.length === 0) return undefined;
       const cs = L.clusterSize;
-      const n = r.pick([16, 256, 2048]);
+      // Allocation scans every cluster the flooded table describes (as qemu does): keep that to
+      // about 16 M entries at the narrowest refcount width, so the case stays a test of correctness.
+      const n = Math.max(2, Math.min(r.pick([16, 256, 2048]), Math.floor(2 ** 24 / (cs * 8))));
       const targets = [...L.metadata.filter((m) => m % cs === 0 && m > 0), ...L.refblocks.map((x) => x.at)];
       if (targets.length === 0) return undefined;
       const target = r.pick(targets);

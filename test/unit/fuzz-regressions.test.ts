@@ -11,6 +11,8 @@ import { openImage } from '../../src/block/open.js';
 import { ImageError } from '../../src/errors.js';
 import { applyEdits, type Edit } from '../fuzz/mutate.js';
 import { haveQemu, makeSeedNamed, type Seed } from '../fuzz/seeds.js';
+import { MemoryStorage } from '../../src/io/memory.js';
+import { checkQcow2 } from '../../src/formats/qcow2/check.js';
 import { isAcceptable, memoryHost, runTarget, type TargetName } from '../fuzz/targets.js';
 
 const qemu = haveQemu();
@@ -32,11 +34,14 @@ const bytesAt = (at: number, hex: string, why = ''): Edit => ({ at, hex, why });
 const truncate = (length: number, why = ''): Edit => ({ truncate: length, why });
 
 /** The image of `seedName` after `edits`, opened from memory with the files it names. */
-async function open(seedName: string, edits: Edit[], opts: { writable?: boolean } = {}): Promise<Image> {
+async function open(seedName: string, edits: Edit[], opts: { writable?: boolean; opened?: (s: MemoryStorage) => void } = {}): Promise<Image> {
   const s = seed(seedName);
   const files = new Map<string, Uint8Array>(Object.entries(s.sidecars));
   files.set(s.file, applyEdits(s.bytes, edits));
-  return openImage(s.file, { host: memoryHost(files), format: s.format, writable: opts.writable });
+  const host = memoryHost(files, (path, storage) => {
+    if (path === s.file) opts.opened?.(storage);
+  });
+  return openImage(s.file, { host, format: s.format, writable: opts.writable });
 }
 
 /** Run a fuzz target on the mutated seed: it must end cleanly in time. */
@@ -113,4 +118,23 @@ test('an allocation scan over a hostile refcount table keeps the refcount block 
   } finally {
     await img.close().catch(() => {});
   }
+});
+
+test('a header rewrite keeps a backing format name that is not UTF-8 byte for byte', opts, async () => {
+  // qcow2-bitmap: the first write clears the bitmaps autoclear bit and so rewrites the header. A backing
+  // format extension of 15 bytes that are not UTF-8 came back as 22 (U+FFFD each), which no reader accepts.
+  const ext = 'e2792aca0000000f6c05998a641bebe8370f4286000217';
+  let storage: MemoryStorage | undefined;
+  const img = await open('qcow2-bitmap', [bytesAt(144, ext, 'new extension 0xe2792aca len 15 at 144')], {
+    writable: true,
+    opened: (s) => (storage = s),
+  });
+  await img.write(0, new Uint8Array(512).fill(1));
+  await img.close();
+  const after = storage!.bytes();
+  const stored = Buffer.from(after).toString('hex');
+  assert.ok(stored.includes('e2792aca0000000c6c05998a641bebe8370f4286'), 'the name (up to its NUL) is written back as it was');
+  const r = await checkQcow2(new MemoryStorage(after), { fix: 'none' });
+  assert.equal(r.failed, undefined);
+  assert.equal(r.corruptions, 0);
 });

@@ -73,6 +73,21 @@ export interface Qcow2Header {
   backingFile?: string;
 }
 
+/**
+ * The stored bytes of a parsed header's names (up to their NUL). Names that
+ * are not valid UTF-8 do not survive decoding, so serializeHeader writes
+ * these back while the decoded name is unchanged, as QEMU rewrites its C
+ * strings. Kept beside the header object, which stays plain data.
+ */
+type RawNames = Partial<Record<'backingFile' | 'backingFormat' | 'dataFile', Uint8Array>>;
+const rawNamesOf = new WeakMap<Qcow2Header, RawNames>();
+
+/** The bytes of a C string (up to its first NUL). */
+function cBytes(bytes: Uint8Array): Uint8Array {
+  const nul = bytes.indexOf(0);
+  return (nul < 0 ? bytes : bytes.subarray(0, nul)).slice();
+}
+
 const inval = (m: string): ImageError => new ImageError('invalid', m);
 const unsup = (m: string): ImageError => new ImageError('unsupported', m);
 
@@ -211,7 +226,8 @@ export function parseHeader(input: Uint8Array, opts: { writable?: boolean } = {}
     throw unsup(`Unsupported encryption method ${cryptMethod | 0}`);
   }
 
-  const extensions = readExtensions(buf, headerLength, extEnd, { featureTableOnly: false, cryptMethod, autoclear, version, clusterSize });
+
+  const { rawNames, ...extensions } = readExtensions(buf, headerLength, extEnd, { featureTableOnly: false, cryptMethod, autoclear, version, clusterSize });
 
   let backingFile: string | undefined;
   const backingFileSize = u32(16);
@@ -219,10 +235,13 @@ export function parseHeader(input: Uint8Array, opts: { writable?: boolean } = {}
     const off = Number(backingFileOffset);
     if (backingFileSize > Math.min(C.MAX_BACKING_FILE_NAME, clusterSize - off)) throw inval('Backing file name too long');
     const name = cString(buf.subarray(off, off + backingFileSize));
-    if (name !== '') backingFile = name;
+    if (name !== '') {
+      backingFile = name;
+      rawNames.backingFile = cBytes(buf.subarray(off, off + backingFileSize));
+    }
   }
 
-  return {
+  const header: Qcow2Header = {
     version: version as 2 | 3,
     backingFileOffset: Number(backingFileOffset),
     backingFileSize,
@@ -246,6 +265,8 @@ export function parseHeader(input: Uint8Array, opts: { writable?: boolean } = {}
     extensions,
     backingFile,
   };
+  rawNamesOf.set(header, rawNames);
+  return header;
 }
 
 /** report_unsupported_feature: named bits from the table first, the rest as one hex mask. */
@@ -273,9 +294,9 @@ interface ExtOptions {
 }
 
 /** qcow2_read_extensions over [start, end) of the first cluster. */
-function readExtensions(buf: Uint8Array, start: number, end: number, o: ExtOptions): Qcow2Extensions {
+function readExtensions(buf: Uint8Array, start: number, end: number, o: ExtOptions): Qcow2Extensions & { rawNames: RawNames } {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const out: Qcow2Extensions = { bitmapsInconsistent: false, unknown: [] };
+  const out: Qcow2Extensions & { rawNames: RawNames } = { bitmapsInconsistent: false, unknown: [], rawNames: {} };
   let offset = start;
   while (offset < end) {
     // Bytes past the buffer read as zero (an end marker), as past EOF.
@@ -294,6 +315,7 @@ function readExtensions(buf: Uint8Array, start: number, end: number, o: ExtOptio
           throw inval(`ERROR: ext_backing_format: len=${len} too large (>=${C.MAX_BACKING_FORMAT_LENGTH})`);
         }
         out.backingFormat = cString(data);
+        out.rawNames.backingFormat = cBytes(data);
         break;
       case C.EXT_FEATURE_TABLE: {
         // QEMU reads the table into a zero-padded buffer and stops at the first empty name.
@@ -347,6 +369,7 @@ function readExtensions(buf: Uint8Array, start: number, end: number, o: ExtOptio
       case C.EXT_DATA_FILE:
         if (o.featureTableOnly) break;
         out.dataFile = cString(data);
+        out.rawNames.dataFile = cBytes(data);
         break;
       default:
         if (!o.featureTableOnly) out.unknown.push({ magic, data: data.slice() });
@@ -412,9 +435,14 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
     buf.set(data, pos + 8);
     pos += 8 + padded;
   };
+  // Names as read, byte for byte, unless changed since (see rawNames).
+  const nameBytes = (key: keyof RawNames, name: string): Uint8Array => {
+    const raw = rawNamesOf.get(h)?.[key];
+    return raw && cString(raw) === name ? raw : enc.encode(name);
+  };
   const e = h.extensions;
-  if (e.backingFormat !== undefined) put(C.EXT_BACKING_FORMAT, enc.encode(e.backingFormat));
-  if (e.dataFile !== undefined) put(C.EXT_DATA_FILE, enc.encode(e.dataFile));
+  if (e.backingFormat !== undefined) put(C.EXT_BACKING_FORMAT, nameBytes('backingFormat', e.backingFormat));
+  if (e.dataFile !== undefined) put(C.EXT_DATA_FILE, nameBytes('dataFile', e.dataFile));
   if (e.cryptoHeader) {
     const d = new Uint8Array(16);
     const dv = new DataView(d.buffer);
@@ -443,7 +471,7 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
   if (pos + 8 > cs) throw new ImageError('unsupported', 'Header extensions do not fit in the first cluster');
   pos += 8; // end marker: magic 0, length 0
   if (h.backingFile !== undefined) {
-    const name = enc.encode(h.backingFile);
+    const name = nameBytes('backingFile', h.backingFile);
     if (pos + name.length > cs) throw new ImageError('unsupported', 'Backing file name does not fit in the first cluster');
     buf.set(name, pos);
     v.setBigUint64(8, BigInt(pos), false);

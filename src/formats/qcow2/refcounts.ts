@@ -199,23 +199,32 @@ export class RefcountStore {
   private async findFree(count: number): Promise<number> {
     let start = this.freeIndex;
     let run = 0;
+    let firstFree = -1;
+    // Clusters below the first free one seen are all in use: later searches start there (qemu's
+    // free_cluster_index), so a long stretch of full blocks is walked once, not once per allocation.
+    const found = (): number => {
+      this.freeIndex = Math.max(this.freeIndex, firstFree);
+      return start;
+    };
     for (let c = start; ; ) {
       const bi = Math.floor(c / this.perBlock);
       const b = await this.block(bi);
       const blockEnd = (bi + 1) * this.perBlock;
       if (!b) {
         // No block: every cluster it would describe is free.
+        if (firstFree < 0) firstFree = c;
         if (run === 0) start = c;
         run += blockEnd - c;
-        if (run >= count) return start;
+        if (run >= count) return found();
         c = blockEnd;
         continue;
       }
       // One lookup per block, not per cluster: a hostile table can make this scan very long.
       for (; c < blockEnd; c++) {
         if (entryAt(b, c % this.perBlock, this.cfg.refcountOrder) === 0) {
+          if (firstFree < 0) firstFree = c;
           if (run === 0) start = c;
-          if (++run >= count) return start;
+          if (++run >= count) return found();
         } else {
           run = 0;
         }
