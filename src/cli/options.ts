@@ -116,31 +116,5 @@ export function getopt(args: readonly string[], optstring: string, longs: readon
   return { options, operands };
 }
 
-/**
- * qemu_strtosz: a non-negative number with an optional fraction and one
- * binary suffix (B, K, M, G, T, P, E, any case); `defaultUnit` applies
- * without a suffix. Returns undefined when the text is not a size.
- */
-export function parseSize(text: string, defaultUnit = 1): number | undefined {
-  const m = /^\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)([bBkKmMgGtTpPeE]?)$/.exec(text);
-  if (!m) return undefined;
-  const num = m[1]!;
-  const suffix = m[2]!.toLowerCase();
-  const mul = suffix === '' ? defaultUnit : 1024 ** 'bkmgtpe'.indexOf(suffix);
-  if (num.startsWith('0x') || num.startsWith('0X')) {
-    if (suffix !== '' && suffix !== 'b') {
-      // qemu accepts hex only as a plain byte count
-      return undefined;
-    }
-    return parseInt(num, 16) * mul;
-  }
-  const dot = num.indexOf('.');
-  if (dot >= 0) {
-    const frac = Number('0' + num.slice(dot));
-    if (frac !== 0 && mul === 1) return undefined;
-    const whole = Number(num.slice(0, dot) || '0');
-    return whole * mul + Math.trunc(frac * mul);
-  }
-  const v = Number(num) * mul;
-  return v;
-}
+/** qemu's size syntax, shared with -o option values (units.ts). */
+export { parseSize } from '../units.js';
