@@ -55,6 +55,24 @@ function cvtnumErr(rc: number, arg: string): void {
   else out(`Parsing error: ${arg}\n`);
 }
 
+/** The offset and count operands of read and discard, with qemu-io's messages; a negative errno on error. */
+function offsetAndCount([offArg, countArg]: [string, string]): [number, number] | number {
+  const offset = cvtnum(offArg);
+  if (offset < 0) {
+    cvtnumErr(offset, offArg);
+    return offset;
+  }
+  const count = cvtnum(countArg);
+  if (count < 0) {
+    cvtnumErr(count, countArg);
+    return count;
+  } else if (count > MAX_REQUEST) {
+    out(`length cannot exceed ${MAX_REQUEST}, given ${countArg}\n`);
+    return -22;
+  }
+  return [offset, count];
+}
+
 /** strtol(arg, &end, 0) for 0..255. */
 function parsePattern(arg: string): number {
   let v: number;
@@ -196,20 +214,9 @@ const readCmd: Command = {
       usage(readCmd);
       return -22;
     }
-    const [offArg, countArg] = p.operands as [string, string];
-    const offset = cvtnum(offArg);
-    if (offset < 0) {
-      cvtnumErr(offset, offArg);
-      return offset;
-    }
-    const count = cvtnum(countArg);
-    if (count < 0) {
-      cvtnumErr(count, countArg);
-      return count;
-    } else if (count > MAX_REQUEST) {
-      out(`length cannot exceed ${MAX_REQUEST}, given ${countArg}\n`);
-      return -22;
-    }
+    const parsed = offsetAndCount(p.operands as [string, string]);
+    if (typeof parsed === 'number') return parsed;
+    const [offset, count] = parsed;
     if (pattern < 0 && (lflag || sflag)) {
       usage(readCmd);
       return -22;
@@ -598,20 +605,9 @@ const discardCmd: Command = {
     }
     const parsable = p.opts.some(([c]) => c === 'C');
     const quiet = p.opts.some(([c]) => c === 'q');
-    const [offArg, countArg] = p.operands as [string, string];
-    const offset = cvtnum(offArg);
-    if (offset < 0) {
-      cvtnumErr(offset, offArg);
-      return offset;
-    }
-    const count = cvtnum(countArg);
-    if (count < 0) {
-      cvtnumErr(count, countArg);
-      return count;
-    } else if (count > MAX_REQUEST) {
-      out(`length cannot exceed ${MAX_REQUEST}, given ${countArg}\n`);
-      return -22;
-    }
+    const parsed = offsetAndCount(p.operands as [string, string]);
+    if (typeof parsed === 'number') return parsed;
+    const [offset, count] = parsed;
     const t1 = performance.now();
     let failure: string | undefined;
     if (outOfRange(img, offset, count)) failure = 'Input/output error';
