@@ -25,6 +25,7 @@ import {
   type FixMode,
 } from './check-refs.js';
 import { rebuildRefcountStructure } from './repair.js';
+import { refuseWithoutKey } from './encryption.js';
 
 export type { CheckCounts, FixMode } from './check-refs.js';
 
@@ -306,6 +307,7 @@ async function clearIncompatible(st: CheckState, bits: number): Promise<void> {
 export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<CheckReport> {
   const fix = opts.fix;
   const header = await readCheckHeader(storage);
+  refuseWithoutKey(header, { writable: fix !== 'none', metadataOnly: false });
   const messages: string[] = [];
   const st = new CheckState(storage, header, messages);
   st.fix = fix;

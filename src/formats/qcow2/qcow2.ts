@@ -19,6 +19,7 @@ import { RefcountReader } from './refcount.js';
 import { RefcountStore } from './refcounts.js';
 import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
 import { Qcow2Writer } from './writer.js';
+import { needsSecret, refuseWithoutKey } from './encryption.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
 export interface Qcow2Parts {
@@ -93,6 +94,7 @@ export class Qcow2Driver implements FormatDriver {
     });
     this.decompressor = new Decompressor(parts.storage, h.clusterBits, h.compressionType, parts.ctx.codecs);
     this.writable = parts.refcountStore !== undefined;
+    if (parts.refcountStore && this.encrypted) throw needsSecret();
     if (parts.refcountStore) {
       const autoclear = Number(h.autoclearFeatures & 0xffffffffn);
       this.writer = new Qcow2Writer({
@@ -185,9 +187,11 @@ export class Qcow2Driver implements FormatDriver {
    * spec requires of a program that does not support them.
    */
   private async prepareForWrite(): Promise<void> {
+    // The key check comes first and is never cached: no write reaches an
+    // encrypted image as plaintext, however often it is tried.
+    if (this.encrypted) throw needsSecret();
     if (this.prepared) return;
     this.prepared = true;
-    if (this.encrypted) throw new ImageError('needs-secret', "Parameter 'encrypt.key-secret' is required for cipher");
     const h = this.header;
     const keep = BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
     if ((h.autoclearFeatures & ~keep) !== 0n) {
@@ -233,7 +237,9 @@ export class Qcow2Driver implements FormatDriver {
 
   /** Allocate every cluster (create-time preallocation); returns the end of the last host cluster. */
   async preallocate(writeZeros: boolean): Promise<number> {
-    return this.writerOrThrow().preallocate(writeZeros);
+    const w = this.writerOrThrow();
+    await this.prepareForWrite();
+    return w.preallocate(writeZeros);
   }
 
   async discard(offset: number, length: number): Promise<void> {
@@ -247,7 +253,7 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   private checkReadable(): void {
-    if (this.encrypted) throw new ImageError('needs-secret', "Parameter 'encrypt.key-secret' is required for cipher");
+    if (this.encrypted) throw needsSecret();
   }
 
   private dataStorage(): Storage {
@@ -390,6 +396,7 @@ async function readL1(storage: Storage, h: Qcow2Header, fileSize: number): Promi
 export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   const storage = ctx.storage;
   let header = await readHeader(storage, { writable: ctx.writable });
+  refuseWithoutKey(header, ctx);
   if (ctx.writable && Number(header.incompatibleFeatures) & C.INCOMPAT_DIRTY) {
     // Lazy refcounts left dirty: QEMU repairs on a writable open (check -r all), which also clears the bit.
     const r = await checkQcow2(storage, { fix: 'all' });
