@@ -6,7 +6,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Permissions } from '../block/perms.js';
+import { imagePermissions, type Permissions } from '../block/perms.js';
 import { ImageError } from '../errors.js';
 import { FileLocks } from './locks.js';
 import type { Storage } from './storage.js';
@@ -46,8 +46,10 @@ export interface FileOpenOptions {
    */
   unsafe?: boolean;
   /**
-   * QEMU's image locks to take before anything is read or truncated;
-   * callers that learn the format later use setPermissions instead.
+   * QEMU's image locks to take before anything is read or truncated
+   * (callers that learn the format later narrow them with setPermissions).
+   * Writable opens default to a raw writer's: nothing can write a file
+   * whose user refuses writers, whichever path opened it.
    */
   permissions?: Permissions;
 }
@@ -79,7 +81,8 @@ export class FileStorage implements Storage {
     }
     const st = new FileStorage(path, fh, writable, opts.unsafe ?? false);
     try {
-      if (opts.permissions) await st.setPermissions(opts.permissions);
+      const permissions = opts.permissions ?? (writable ? imagePermissions('raw', { writable: true }) : undefined);
+      if (permissions) await st.setPermissions(permissions);
       if (opts.truncate) await fh.truncate(0);
     } catch (e) {
       await fh.close().catch(() => {});

@@ -118,6 +118,8 @@ test('the addon: two opens of one file in one process see each other, and close 
   const w = await FileStorage.open(path, { writable: true, permissions: imagePermissions('qcow2', { writable: true }) });
   await assert.rejects(FileStorage.open(path, { writable: true, permissions: imagePermissions('qcow2', { writable: true }) }), /Failed to get "write" lock/);
   await assert.rejects(FileStorage.open(path, { permissions: imagePermissions('qcow2', { writable: false }) }), /Failed to get shared "write" lock/);
+  // A writable open that names no permissions still respects a holder that refuses writers.
+  await assert.rejects(FileStorage.open(path, { writable: true }), /Failed to get "write" lock/);
   const shared = await FileStorage.open(path, { permissions: imagePermissions('qcow2', { writable: false, forceShare: true }) });
   await shared.close();
   // A refused create must not have truncated the file.
