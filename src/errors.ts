@@ -11,7 +11,8 @@ export type ImageErrorCode =
   | 'not-found' // a named file does not exist
   | 'read-only' // a write to an image opened read-only
   | 'needs-secret' // encrypted image, no key given
-  | 'policy'; // the open policy refused an implicit file (backing, data file)
+  | 'policy' // the open policy refused an implicit file (backing, data file)
+  | 'locked'; // another process holds the image with permissions that conflict (QEMU's image locks)
 
 export class ImageError extends Error {
   readonly code: ImageErrorCode;

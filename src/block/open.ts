@@ -10,6 +10,7 @@ import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
 import type { DriverContext, DriverOpener, FormatDriver, ImageFormat } from './driver.js';
 import { BlockImage, type Image } from './image.js';
+import { dataFilePermissions, imagePermissions } from './perms.js';
 import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
@@ -67,6 +68,11 @@ export interface OpenOptions {
   maxDepth?: number;
   /** qemu's cache=unsafe for the top image: flushes do nothing (convert targets). */
   unsafe?: boolean;
+  /**
+   * qemu's force-share (-U): let other processes write and resize the files
+   * while they are open, and ignore their locks. Read-only opens only.
+   */
+  forceShare?: boolean;
 }
 
 export const DEFAULT_MAX_CHAIN_DEPTH = 64;
@@ -79,6 +85,7 @@ export function registerFormat(format: ImageFormat, opener: DriverOpener): void 
 }
 
 export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
+  if (opts.forceShare && opts.writable) throw new ImageError('bad-argument', 'force-share=on can only be used with read-only images');
   return openLayer(path, opts.format, opts, [], 0);
 }
 
@@ -143,6 +150,9 @@ async function openDriver(
   }
   const opener = openers.get(fmt);
   if (!opener) throw new ImageError('unsupported', `Unknown driver '${fmt}'`);
+  // Locked once the format is known (it decides the permissions), before the header is trusted.
+  const req = { writable, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare };
+  await storage.setPermissions?.(imagePermissions(fmt, req));
   const ctx: DriverContext = {
     storage,
     writable,
@@ -150,7 +160,14 @@ async function openDriver(
     metadataOnly: opts.metadataOnly ?? false,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
-      return opts.host.openStorage(resolved, { writable });
+      const data = await opts.host.openStorage(resolved, { writable });
+      try {
+        await data.setPermissions?.(dataFilePermissions(req));
+      } catch (e) {
+        await data.close().catch(() => {});
+        throw e;
+      }
+      return data;
     },
   };
   return opener(ctx);

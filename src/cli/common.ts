@@ -60,6 +60,8 @@ export interface OpenCliOptions {
   format?: string;
   backing?: boolean;
   metadataOnly?: boolean;
+  /** -U: ignore other processes' image locks and take none that would stop them. */
+  forceShare?: boolean;
   /** Exit code for open failures (compare uses 2). */
   exitCode?: number;
 }
@@ -73,7 +75,7 @@ export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<
     if (format === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${opts.format}'`, code);
   }
   try {
-    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly });
+    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
   }

@@ -4,6 +4,7 @@
  * Every failure is one `qimg: <message>` on stderr and qemu-img's exit code.
  */
 import { readFileSync } from 'node:fs';
+import { onLockWarning } from '../io/locks.js';
 import { CliError, err, out, PROG } from './common.js';
 import { cmdBench } from './img/bench.js';
 import { cmdCheck } from './img/check.js';
@@ -66,6 +67,7 @@ function help(): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  onLockWarning((message) => err(`${PROG}: warning: ${message}\n`));
   try {
     // Global options stop at the command name.
     const { options, operands } = getopt(argv, '+:hVT:', [

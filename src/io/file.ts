@@ -6,7 +6,9 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { imagePermissions, type Permissions } from '../block/perms.js';
 import { ImageError } from '../errors.js';
+import { FileLocks } from './locks.js';
 import type { Storage } from './storage.js';
 
 /**
@@ -43,6 +45,13 @@ export interface FileOpenOptions {
    * targets by default; a half-written output is worthless anyway.
    */
   unsafe?: boolean;
+  /**
+   * QEMU's image locks to take before anything is read or truncated
+   * (callers that learn the format later narrow them with setPermissions).
+   * Writable opens default to a raw writer's: nothing can write a file
+   * whose user refuses writers, whichever path opened it.
+   */
+  permissions?: Permissions;
 }
 
 export class FileStorage implements Storage {
@@ -50,6 +59,7 @@ export class FileStorage implements Storage {
   readonly writable: boolean;
   private readonly fh: FileHandle;
   private readonly unsafe: boolean;
+  private locks: FileLocks | null | undefined;
 
   private constructor(name: string, fh: FileHandle, writable: boolean, unsafe: boolean) {
     this.name = name;
@@ -62,13 +72,28 @@ export class FileStorage implements Storage {
     const writable = opts.writable ?? false;
     let flags = writable ? constants.O_RDWR : constants.O_RDONLY;
     if (opts.create) flags |= constants.O_CREAT;
-    if (opts.truncate) flags |= constants.O_TRUNC;
+    let fh: FileHandle;
     try {
-      const fh = await open(path, flags, 0o644);
-      return new FileStorage(path, fh, writable, opts.unsafe ?? false);
+      // No O_TRUNC: a file another process uses must survive the refusal.
+      fh = await open(path, flags, 0o644);
     } catch (e) {
       throw fileError(path, e);
     }
+    const st = new FileStorage(path, fh, writable, opts.unsafe ?? false);
+    try {
+      const permissions = opts.permissions ?? (writable ? imagePermissions('raw', { writable: true }) : undefined);
+      if (permissions) await st.setPermissions(permissions);
+      if (opts.truncate) await fh.truncate(0);
+    } catch (e) {
+      await fh.close().catch(() => {});
+      throw e instanceof ImageError ? e : fileError(path, e);
+    }
+    return st;
+  }
+
+  async setPermissions(p: Permissions): Promise<void> {
+    if (this.locks === undefined) this.locks = FileLocks.forFile(this.fh.fd, this.name, p);
+    this.locks?.set(p);
   }
 
   async size(): Promise<number> {
@@ -104,6 +129,7 @@ export class FileStorage implements Storage {
     if (!this.unsafe) await this.fh.datasync();
   }
 
+  // Closing the descriptor releases its locks: they belong to this open file description only.
   async close(): Promise<void> {
     await this.fh.close();
   }

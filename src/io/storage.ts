@@ -1,3 +1,5 @@
+import type { Permissions } from '../block/perms.js';
+
 /**
  * Byte storage under an image: a host file, memory, later an HTTP range
  * source or a browser Blob. Everything above io/ talks only to this.
@@ -25,4 +27,10 @@ export interface Storage {
    * then treat everything as data.
    */
   allocation?(offset: number, length: number): Promise<{ data: boolean; length: number }>;
+  /**
+   * Take QEMU's image locks for these permissions (see block/perms.ts),
+   * replacing earlier ones; fails when another process conflicts. Absent
+   * when the storage is not a file others could open.
+   */
+  setPermissions?(p: Permissions): Promise<void>;
 }

@@ -17,7 +17,8 @@ Run a simple read or write benchmark on a disk image.
   --pattern=N            byte written by write requests (default 0)
   --flush-interval=N     flush after every N requests
   --no-drain             flush without waiting for the requests in flight
-  -i, -n, -t, -U         accepted for compatibility (aio, native, cache, force-share)
+  -U, --force-share      read even while another process writes the image (not with -w)
+  -i, -n, -t             accepted for compatibility (aio, native, cache)
 `;
 
 export async function cmdBench(args: string[]): Promise<number> {
@@ -104,7 +105,7 @@ export async function cmdBench(args: string[]): Promise<number> {
   const path = operands[0]!;
   const fmt = format === undefined ? undefined : parseFormatName(format);
   if (format !== undefined && fmt === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
-  const image = await openImageFile(path, { format: fmt, writable: o.write }).catch((e: unknown) => {
+  const image = await openImageFile(path, { format: fmt, writable: o.write, forceShare: options.some((x) => x.key === 'U') }).catch((e: unknown) => {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
   });
   try {

@@ -5,6 +5,7 @@
  */
 import { probeFormat, parseFormatName, PROBE_BYTES } from '../../block/probe.js';
 import type { ImageFormat } from '../../block/driver.js';
+import { imagePermissions } from '../../block/perms.js';
 import { checkImage, imageCheckJson, type CheckReport } from '../../formats/qcow2/check.js';
 import type { CheckCounts } from '../../formats/qcow2/check-refs.js';
 import { checkQedImage } from '../../formats/qed/check.js';
@@ -23,7 +24,8 @@ Check an image for consistency; with -r, repair it.
   --output=human|json    output format (default human)
   -r, --repair=leaks|all repair leaked clusters only, or all errors
   -q, --quiet            print nothing on success
-  -T, -U                 accepted for compatibility (source cache, force-share)
+  -U, --force-share      check even while another process writes the image (not with -r)
+  -T                     accepted for compatibility (source cache)
 `;
 
 interface Outcome {
@@ -83,6 +85,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const path = operands[0]!;
 
+  const forceShare = options.some((o) => o.key === 'U');
+  if (forceShare && fix !== 'none') throw new CliError(`Could not open '${path}': force-share=on can only be used with read-only images`);
   let storage: Storage;
   try {
     storage = await FileStorage.open(path, { writable: fix !== 'none' });
@@ -91,6 +95,11 @@ export async function cmdCheck(args: string[]): Promise<number> {
   }
   try {
     const fmt = await formatOf(storage, path, format);
+    try {
+      await storage.setPermissions?.(imagePermissions(fmt, { writable: fix !== 'none', forceShare }));
+    } catch (e) {
+      throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
+    }
     if (fmt === 'raw') {
       err(`${PROG}: This image format does not support checks\n`);
       return 63;

@@ -12,6 +12,7 @@ Compare the guest-visible contents of two images.
   -s, --strict         sizes and allocation must match too
   -p, --progress       show progress
   -q, --quiet          print nothing, report through the exit code
+  -U, --force-share    open even while another process writes the images
   -T, --cache=MODE     source cache mode (accepted for compatibility)
 Exit code: 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error.
 `;
@@ -77,8 +78,9 @@ export async function cmdCompare(args: string[]): Promise<number> {
   let img2: Image | undefined;
   const meter = new Progress(progress, 2.0);
   try {
-    img1 = await openCli(file1, { format: fmt1, exitCode: 2 });
-    img2 = await openCli(file2, { format: fmt2, exitCode: 2 });
+    const forceShare = options.some((o) => o.key === 'U');
+    img1 = await openCli(file1, { format: fmt1, exitCode: 2, forceShare });
+    img2 = await openCli(file2, { format: fmt2, exitCode: 2, forceShare });
     meter.print(0, 100);
     let code: number;
     try {

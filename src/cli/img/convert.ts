@@ -1,6 +1,8 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
 import { availableParallelism } from 'node:os';
 import type { Image } from '../../block/image.js';
+import { CREATE_PERMISSIONS, imagePermissions } from '../../block/perms.js';
+import { isImageError } from '../../errors.js';
 import { parseFormatName } from '../../block/probe.js';
 import { openImageFile } from '../../node.js';
 import { FileStorage } from '../../io/file.js';
@@ -26,6 +28,8 @@ Copy one or more images (concatenated) into a new image.
   -W, --oob-writes         allow out-of-order writes
   -p, --progress           show progress
   -q, --quiet              print nothing
+  -U, --force-share        read the sources even while another process writes them
+                           (the output is always locked)
   -t, -T CACHE             target/source cache mode (accepted for compatibility)
 `;
 
@@ -161,7 +165,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
         throw new CliError('--object is not supported yet');
       case 'bitmaps':
         throw new CliError('--bitmaps is not supported by convert yet');
-      // -C, -W, -U, -r, --salvage: accepted; they do not change the result.
+      // -C, -W, -r, --salvage: accepted; they do not change the result.
     }
   }
   if (quiet) progress = false;
@@ -182,7 +186,9 @@ export async function cmdConvert(args: string[]): Promise<number> {
   let storage: Storage | undefined;
   let image: Image | undefined;
   try {
-    for (const p of srcPaths) sources.push(await openCli(p, { format: srcFmt }));
+    // -U shares the sources only: the target is written, so it is always locked.
+    const forceShare = options.some((o) => o.key === 'U');
+    for (const p of srcPaths) sources.push(await openCli(p, { format: srcFmt, forceShare }));
     const total = totalSize(sources);
     const isImageFmt = outFmt === 'qcow2' || outFmt === 'qed';
     let targetHasBacking = false;
@@ -240,7 +246,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
       if (compress) clusterSize = (await image.info())['cluster-size'];
     } else if (noCreate) {
       try {
-        storage = await FileStorage.open(outPath, { writable: true, unsafe: targetUnsafe });
+        storage = await FileStorage.open(outPath, { writable: true, unsafe: targetUnsafe, permissions: imagePermissions('raw', { writable: true }) });
       } catch (e) {
         throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
       }
@@ -249,9 +255,11 @@ export async function cmdConvert(args: string[]): Promise<number> {
       target = storageTarget(storage);
     } else {
       try {
-        storage = await FileStorage.open(outPath, { writable: true, create: true, truncate: true, unsafe: targetUnsafe });
+        storage = await FileStorage.open(outPath, { writable: true, create: true, truncate: true, unsafe: targetUnsafe, permissions: CREATE_PERMISSIONS });
         await storage.truncate(total);
+        await storage.setPermissions?.(imagePermissions('raw', { writable: true }));
       } catch (e) {
+        if (isImageError(e, 'locked')) throw new CliError(`${outPath}: error while converting ${outFmt}: ${e.message}`, 1, { cause: e });
         throw new CliError(`${outPath}: error while converting ${outFmt}: Could not create '${outPath}': ${strerror((e as { cause?: unknown }).cause ?? e)}`, 1, { cause: e });
       }
       target = storageTarget(storage);

@@ -4,6 +4,7 @@
  * its size and format, the "Formatting ..." line, then the format's create.
  */
 import { OptionBag, parseOptionList } from '../../block/options.js';
+import { CREATE_PERMISSIONS } from '../../block/perms.js';
 import { isImageError } from '../../errors.js';
 import { createQcow2, parseQcow2CreateOptions, qcow2CreateLine } from '../../formats/qcow2/create.js';
 import { createQed, qedCreateLine } from '../../formats/qed/create.js';
@@ -181,8 +182,9 @@ export class CreateError extends Error {
 
 async function openTarget(filename: string): Promise<FileStorage> {
   try {
-    return await FileStorage.open(filename, { writable: true, create: true, truncate: true });
+    return await FileStorage.open(filename, { writable: true, create: true, truncate: true, permissions: CREATE_PERMISSIONS });
   } catch (e) {
+    if (isImageError(e, 'locked')) throw new CreateError(e.message);
     throw new CreateError(`Could not create '${filename}': ${strerror((e as { cause?: unknown }).cause ?? e)}`);
   }
 }
@@ -286,8 +288,9 @@ export async function createFormatted(req: CreateRequest & { size: number }): Pr
             codecs: nodeCodecs,
             openDataFile: async (name) => {
               try {
-                return await FileStorage.open(name, { writable: true, create: true, truncate: true });
+                return await FileStorage.open(name, { writable: true, create: true, truncate: true, permissions: CREATE_PERMISSIONS });
               } catch (e) {
+                if (isImageError(e, 'locked')) throw new CreateError(e.message);
                 throw new CreateError(`Could not create '${name}': ${strerror((e as { cause?: unknown }).cause ?? e)}`);
               }
             },
@@ -428,7 +431,8 @@ async function imgCreate(r: {
     try {
       const fmt = backingFmt === undefined ? undefined : parseFormatName(backingFmt);
       if (backingFmt !== undefined && fmt === undefined) throw new Error(`Unknown driver '${backingFmt}'`);
-      const img = await openImageFile(full, { format: fmt });
+      // As qemu: the backing file is only looked at, so it may be in use (a live snapshot).
+      const img = await openImageFile(full, { format: fmt, forceShare: true, metadataOnly: true });
       detected = img.format;
       backingSize = img.size;
       await img.close();

@@ -11,13 +11,13 @@ Print information about a disk image.
   -f, --format=FMT     image format (raw, qcow2, qed); probed when absent
   --output=human|json  output format (default human)
   --backing-chain      show every image of the backing chain, top first
-  -U, --force-share    open without taking locks (accepted for compatibility)
+  -U, --force-share    open even while another process writes the image
   -t, --cache=MODE     cache mode (accepted for compatibility)
 `;
 
 /** The ImageInfo of one image as qemu-img 7.2 reports it. */
-export async function imageInfo(path: string, format: string | undefined): Promise<ImageInfo> {
-  const img = await openCli(path, { format, backing: false, metadataOnly: true });
+export async function imageInfo(path: string, format: string | undefined, forceShare = false): Promise<ImageInfo> {
+  const img = await openCli(path, { format, backing: false, metadataOnly: true, forceShare });
   try {
     const info = await img.info();
     // qemu-img 7.2 reports dirty-flag for every format whose driver answers bdrv_get_info.
@@ -29,7 +29,7 @@ export async function imageInfo(path: string, format: string | undefined): Promi
 }
 
 /** Walk a backing chain by name, top first, as qemu-img's collect_image_info_list does. */
-export async function collectInfo(path: string, format: string | undefined, chain: boolean): Promise<ImageInfo[]> {
+export async function collectInfo(path: string, format: string | undefined, chain: boolean, forceShare = false): Promise<ImageInfo[]> {
   const seen = new Set<string>();
   const list: ImageInfo[] = [];
   let filename: string | undefined = path;
@@ -37,7 +37,7 @@ export async function collectInfo(path: string, format: string | undefined, chai
   while (filename !== undefined) {
     if (seen.has(filename)) throw new CliError(`Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const info = await imageInfo(filename, fmt);
+    const info = await imageInfo(filename, fmt, forceShare);
     list.push(info);
     filename = undefined;
     fmt = undefined;
@@ -157,7 +157,7 @@ export async function cmdInfo(args: string[]): Promise<number> {
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const list = await collectInfo(operands[0]!, format, chain);
+  const list = await collectInfo(operands[0]!, format, chain, options.some((o) => o.key === 'U'));
   if (output === 'json') {
     out(toQemuJson(chain ? list : list[0]) + '\n');
   } else {

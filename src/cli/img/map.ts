@@ -11,7 +11,7 @@ Print the allocation map of a disk image, following its backing chain.
   --output=human|json       output format (default human)
   -s, --start-offset=OFFSET first byte to map (suffixes k, M, G, ...)
   -l, --max-length=LEN      bytes to map from the start offset
-  -U, --force-share         open without taking locks (accepted for compatibility)
+  -U, --force-share         open even while another process writes the image
 `;
 
 export function jsonEntry(e: MapEntry): string {
@@ -67,7 +67,7 @@ export async function cmdMap(args: string[]): Promise<number> {
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const img = await openCli(operands[0]!, { format });
+  const img = await openCli(operands[0]!, { format, forceShare: options.some((o) => o.key === 'U') });
   try {
     const human = output === 'human';
     // Output is written per entry: a failure part-way leaves what qemu-img would have printed.

@@ -14,6 +14,7 @@ Print the size an image of the output format needs.
   -o, --options=OPTIONS    creation options of the output format
   -s, --size=N             measure an empty image of N bytes
   -f, --format=FMT         format of the source image
+  -U, --force-share        open even while another process writes the image
   --output=human|json
 `;
 
@@ -86,7 +87,7 @@ export async function cmdMeasure(args: string[]): Promise<number> {
 
   let source: Image | undefined;
   try {
-    if (filename !== undefined) source = await openCli(filename, { format: fmt });
+    if (filename !== undefined) source = await openCli(filename, { format: fmt, forceShare: options.some((o) => o.key === 'U') });
     if (outFmt !== 'raw' && outFmt !== 'qcow2' && outFmt !== 'qed') throw new CliError(`Unknown file format '${outFmt}'`);
     if (outFmt === 'qed') throw new CliError("Block driver 'qed' does not support size measurement");
     try {

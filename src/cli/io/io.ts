@@ -19,7 +19,7 @@ Run qemu-io commands on an image; without -c, commands are read from stdin.
   -c, --cmd=STRING   command to run (repeatable), e.g. -c 'read -P 0 0 64k'
   -f, --format=FMT   image format (raw, qcow2, qed); probed when absent
   -r, --read-only    open read-only (default: read-write)
-  -U, --force-share  open without taking locks (accepted for compatibility)
+  -U, --force-share  with -r: open even while another process writes the image
 
 Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, write [-cCqzu] [-P pattern] off len,
   discard [-Cq] off len, flush, aio_write, aio_flush, truncate off, abort, map, alloc off [count], length,
@@ -781,7 +781,7 @@ export async function cmdIo(args: string[]): Promise<number> {
   let img: Image;
   try {
     // qemu-io opens read-write unless -r is given.
-    img = await openImageFile(path, { format: fmt, writable: !readOnly });
+    img = await openImageFile(path, { format: fmt, writable: !readOnly, forceShare: options.some((o) => o.key === 'U') });
   } catch (e) {
     throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
   }

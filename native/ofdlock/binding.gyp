@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "ofdlock",
+      "sources": ["ofdlock.c"],
+      "cflags": ["-Wall", "-Wextra"]
+    }
+  ]
+}
