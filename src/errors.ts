@@ -10,6 +10,7 @@ export type ImageErrorCode =
   | 'bad-argument' // the caller asked for something impossible
   | 'not-found' // a named file does not exist
   | 'read-only' // a write to an image opened read-only
+  | 'not-permitted' // refused for safety (a write that would change a probed raw image's format)
   | 'needs-secret' // encrypted image, no key given
   | 'policy' // the open policy refused an implicit file (backing, data file)
   | 'locked'; // another process holds the image with permissions that conflict (QEMU's image locks)

@@ -2,7 +2,8 @@
  * The Node entry point: the block layer wired to host files and Node's
  * codecs. `openImageFile('disk.qcow2')` is all most callers need.
  */
-import { realpath } from 'node:fs/promises';
+import { mkdtemp, realpath, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import './formats/index.js';
 import { openImage, type Host, type OpenOptions } from './block/open.js';
@@ -39,6 +40,21 @@ export const nodeHost: Host = {
     return rel !== '' && !rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel);
   },
   codecs: nodeCodecs,
+  temporaryStorage: async () => {
+    // qemu's get_tmp_filename: $TMPDIR, else /var/tmp. A private directory
+    // keeps the name unguessable; the file is unlinked once open, so it goes
+    // away on close and even on a crash.
+    const dir = await mkdtemp(join(process.env.TMPDIR || (process.platform === 'win32' ? tmpdir() : '/var/tmp'), 'qimg-snapshot-'));
+    const name = join(dir, 'overlay.qcow2');
+    try {
+      const storage = await FileStorage.open(name, { writable: true, create: true });
+      if (process.platform !== 'win32') await rm(dir, { recursive: true, force: true });
+      return { name, storage };
+    } catch (e) {
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+  },
 };
 
 export type OpenFileOptions = Omit<OpenOptions, 'host'> & { host?: Host };

@@ -90,6 +90,8 @@ export interface DriverContext {
   metadataOnly: boolean;
   /** An explicit external data file given by the caller (qemu's data-file option). */
   dataFile?: Storage;
+  /** The format was guessed from the contents, not named by the caller. */
+  probed?: boolean;
 }
 
 export type DriverOpener = (ctx: DriverContext) => Promise<FormatDriver>;

@@ -23,6 +23,11 @@ export interface Host {
   /** Whether the file behind `path` (links resolved) lies inside directory `dir`. */
   isInside?(path: string, dir: string): Promise<boolean>;
   codecs: Codecs;
+  /**
+   * A new, empty, writable file that nobody else can name and that goes away
+   * when closed (snapshot mode's overlay). Hosts without files leave it out.
+   */
+  temporaryStorage?(): Promise<{ name: string; storage: Storage }>;
 }
 
 /**
@@ -73,6 +78,21 @@ export interface OpenOptions {
    * while they are open, and ignore their locks. Read-only opens only.
    */
   forceShare?: boolean;
+  /**
+   * qemu's snapshot mode (qemu-io -s): the image is opened read-only under a
+   * temporary qcow2 overlay that takes every write and is gone on close.
+   * Only meaningful with `writable`; a read-only open needs no overlay.
+   */
+  snapshot?: boolean;
+}
+
+/** Writes a new empty overlay image over a backing file into `storage` (snapshot mode). */
+export type OverlayCreator = (storage: Storage, o: { size: number; backingFile: string; backingFormat: ImageFormat }, codecs: Codecs) => Promise<void>;
+let overlay: { format: ImageFormat; create: OverlayCreator } | undefined;
+
+/** The format that makes snapshot mode's overlays registers itself here (qcow2, as in qemu). */
+export function registerOverlayFormat(format: ImageFormat, create: OverlayCreator): void {
+  overlay = { format, create };
 }
 
 export const DEFAULT_MAX_CHAIN_DEPTH = 64;
@@ -86,7 +106,33 @@ export function registerFormat(format: ImageFormat, opener: DriverOpener): void 
 
 export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
   if (opts.forceShare && opts.writable) throw new ImageError('bad-argument', 'force-share=on can only be used with read-only images');
+  if (opts.snapshot && opts.writable) return openUnderOverlay(path, opts);
   return openLayer(path, opts.format, opts, [], 0);
+}
+
+/**
+ * Snapshot mode: the image and its chain open read-only, so nothing below
+ * the overlay can be written whatever the caller does; the overlay lives in
+ * a temporary file the host removes.
+ */
+async function openUnderOverlay(path: string, opts: OpenOptions): Promise<Image> {
+  const { host } = opts;
+  if (!overlay || !host.temporaryStorage) throw new ImageError('unsupported', 'Snapshot mode needs temporary files, which this host does not provide');
+  const base = await openLayer(path, opts.format, { ...opts, writable: false }, [], 0);
+  try {
+    const tmp = await host.temporaryStorage();
+    try {
+      await overlay.create(tmp.storage, { size: base.size, backingFile: await host.identity(path), backingFormat: base.format }, host.codecs);
+      const driver = await openDriver(tmp.storage, overlay.format, { ...opts, metadataOnly: false, forceShare: false }, tmp.name, true);
+      return new BlockImage({ driver, filename: tmp.name, backing: base, backingPath: base.filename });
+    } catch (e) {
+      await tmp.storage.close().catch(() => {});
+      throw e;
+    }
+  } catch (e) {
+    await base.close().catch(() => {});
+    throw e;
+  }
 }
 
 async function openLayer(
@@ -158,6 +204,7 @@ async function openDriver(
     writable,
     codecs: opts.host.codecs,
     metadataOnly: opts.metadataOnly ?? false,
+    probed: format === undefined,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
       const data = await opts.host.openStorage(resolved, { writable });

@@ -7,6 +7,9 @@ import type { DriverContext, FormatDriver, Mapping } from '../../block/driver.js
 import type { DriverInfo } from '../../block/info.js';
 import type { Storage } from '../../io/storage.js';
 import { alignUp } from '../../units.js';
+import { ImageError } from '../../errors.js';
+import { Mutex } from '../../block/locks.js';
+import { probeAsQemu } from '../../block/probe.js';
 
 export const SECTOR = 512;
 
@@ -15,11 +18,21 @@ export class RawDriver implements FormatDriver {
   readonly size: number;
   readonly storage: Storage;
   readonly writable: boolean;
+  /**
+   * The format was guessed. As in qemu's raw driver, a write may then not
+   * make the first sector look like another format: that is how a guest
+   * would get the host to open its disk as, say, a qcow2 with a backing file
+   * of the guest's choosing. Writes to sector 0 run one at a time, so the
+   * sector checked is the sector written.
+   */
+  private readonly probed: boolean;
+  private readonly sectorZero = new Mutex();
 
-  constructor(storage: Storage, size: number, writable: boolean) {
+  constructor(storage: Storage, size: number, writable: boolean, probed = false) {
     this.storage = storage;
     this.size = size;
     this.writable = writable;
+    this.probed = probed;
   }
 
   async getMapping(offset: number, maxLength: number): Promise<Mapping> {
@@ -27,7 +40,14 @@ export class RawDriver implements FormatDriver {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    await this.storage.write(data, offset);
+    if (!this.probed || offset >= SECTOR || data.length === 0) return this.storage.write(data, offset);
+    return this.sectorZero.run(async () => {
+      const sector = new Uint8Array(SECTOR);
+      await this.storage.read(sector, 0);
+      sector.set(data.subarray(0, SECTOR - offset), offset);
+      if (probeAsQemu(sector) !== 'raw') throw new ImageError('not-permitted', 'Operation not permitted');
+      await this.storage.write(data, offset);
+    });
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -54,5 +74,5 @@ export class RawDriver implements FormatDriver {
 
 export async function openRaw(ctx: DriverContext): Promise<FormatDriver> {
   const size = alignUp(await ctx.storage.size(), SECTOR);
-  return new RawDriver(ctx.storage, size, ctx.writable);
+  return new RawDriver(ctx.storage, size, ctx.writable, ctx.probed === true);
 }
