@@ -16,7 +16,7 @@ import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir } from '../helpers/
 const MSG = "Parameter 'encrypt.key-secret' is required for cipher";
 const SECRET = ['--object', 'secret,id=s0,data=pw'];
 
-function makeImages(dir: string): Record<string, string> {
+function makeImages(dir: string): { luks: string; aes: string } {
   const luks = join(dir, 'luks.qcow2');
   const aes = join(dir, 'aes.qcow2');
   let r = qemuImg(['create', '-q', '-f', 'qcow2', ...SECRET, '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096', luks, '1M']);
