@@ -43,6 +43,8 @@ export interface FileOpenOptions {
    * targets by default; a half-written output is worthless anyway.
    */
   unsafe?: boolean;
+  /** The name the storage reports (default: `path`), e.g. a data file's name as its image records it. */
+  name?: string;
 }
 
 export class FileStorage implements Storage {
@@ -65,7 +67,7 @@ export class FileStorage implements Storage {
     if (opts.truncate) flags |= constants.O_TRUNC;
     try {
       const fh = await open(path, flags, 0o644);
-      return new FileStorage(path, fh, writable, opts.unsafe ?? false);
+      return new FileStorage(opts.name ?? path, fh, writable, opts.unsafe ?? false);
     } catch (e) {
       throw fileError(path, e);
     }
