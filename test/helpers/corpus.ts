@@ -437,17 +437,6 @@ export function qimg(args: readonly string[], opts: RunOptions = {}): Promise<Ru
   return runAsync(process.execPath, [QIMG_CLI, ...args], opts);
 }
 
-/** Drop every `actual-size` member (host dependent), at any depth. */
-export function withoutActualSize(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(withoutActualSize);
-  if (v !== null && typeof v === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) if (k !== 'actual-size') out[k] = withoutActualSize(x);
-    return out;
-  }
-  return v;
-}
-
 /** Parse a tool's JSON stdout, failing with the tool's own output when it is not JSON. */
 export function parseJson(r: RunResult, what: string): unknown {
   try {

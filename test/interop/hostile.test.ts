@@ -14,7 +14,6 @@ import {
   allocatedBytes,
   describe,
   makeTempDir,
-  parseJson,
   qemuToolsMissing,
   qimg,
   qimgBuilt,
@@ -22,9 +21,9 @@ import {
   removeDir,
   run,
   runAsync,
-  withoutActualSize,
   type RunResult,
 } from '../helpers/corpus.js';
+import { maskActualSize } from '../helpers/normalise.js';
 
 /** qimg on a damaged image: a clean error in a few seconds or it counts as a hang. */
 const QIMG_TIMEOUT = 6_000;
@@ -244,12 +243,12 @@ if (missing) {
             if (expected !== undefined) assert.equal(msg, expected);
             else ct.diagnostic(`qemu-img info --backing-chain gave no one-line error (${describe(q).replace(/\n/g, ' | ')})`);
           });
-          await st.test('qimg info (no chain walk): same as qemu-img', async () => {
+          await st.test('qimg info --output=json (no chain walk): the bytes qemu-img prints', async () => {
             const q = await runAsync('qemu-img', ['info', '--output=json', file], { cwd: dir, timeout: QEMU_TIMEOUT });
             assert.equal(q.status, 0, `fixture: qemu-img info\n${describe(q)}`);
             const r = await qimg(['info', '--output=json', file], { cwd: dir, timeout: QIMG_TIMEOUT });
             assert.equal(r.status, 0, `qimg info\n${describe(r)}`);
-            assert.deepStrictEqual(withoutActualSize(parseJson(r, 'qimg info')), withoutActualSize(parseJson(q, 'qemu-img info')));
+            assert.equal(maskActualSize(r.stdout), maskActualSize(q.stdout), 'info --output=json bytes (actual-size masked)');
           });
         }),
       ),

@@ -6,6 +6,7 @@ import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, statSync, writeFileSync, truncateSync as truncateFile, existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { maskActualSize, maskDiskSize, maskIoTiming } from '../helpers/normalise.js';
 import { asQemu, haveTools, qemuImg, qemuIo, qimg, QIMG_MAIN, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
 
 const dir = tmpDir('qimg-cli-');
@@ -16,10 +17,9 @@ const truncateSync = (path: string, size: number): void => {
 };
 const opts = { cwd: dir, env: { TZ: 'UTC' } };
 
-/** Disk usage depends on the host file system, not on qimg. */
-const noDiskSize = (s: string): string => s.replace(/^disk size: .*$/gm, 'disk size: X').replace(/"actual-size": \d+/g, '"actual-size": X');
-/** qemu-io's throughput line changes from run to run. */
-const noTiming = (s: string): string => s.replace(/^[0-9.]+ (bytes|KiB|MiB|GiB), \d+ ops; .*$/gm, 'TIMING');
+/** Disk usage depends on the host file system, not on qimg (see normalise.ts). */
+const noDiskSize = (s: string): string => maskDiskSize(maskActualSize(s));
+const noTiming = maskIoTiming;
 
 function same(args: string[], a: RunResult, b: RunResult, norm: (s: string) => string = (s) => s, prog = 'qemu-img'): void {
   assert.equal(norm(b.stdout), norm(a.stdout), `stdout of ${args.join(' ')}`);
