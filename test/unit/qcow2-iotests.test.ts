@@ -85,8 +85,8 @@ test('214: a compressed cluster with a corrupted size field reads and checks as 
         const q = run('qemu-img', [...args, theirs]);
         const m = qimg([...args, ours]);
         assert.equal(m.status, q.status, `${label} ${args.join(' ')}: ${m.stdout}${m.stderr}`);
-        const strip = (s: string) => ({ ...JSON.parse(s), filename: undefined });
-        assert.deepEqual(strip(m.stdout), strip(q.stdout), `${label} ${args.join(' ')}`);
+        // The two copies have different names: only the filename value differs, every other byte must not.
+        assert.equal(m.stdout.replace(ours, 'IMG'), q.stdout.replace(theirs, 'IMG'), `${label} ${args.join(' ')}`);
       }
     }
   } finally {
