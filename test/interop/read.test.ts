@@ -30,8 +30,6 @@ import {
   parseJson,
   qemuToolsMissing,
   qimg,
-  qimgBuilt,
-  QIMG_CLI,
   removeDir,
   runAsync,
   type CorpusImage,
@@ -193,7 +191,6 @@ if (missing) {
   const dir = makeTempDir('qimg-interop-read-');
   after(() => removeDir(dir));
   test('interop read: qemu-made images read as qemu reads them', { concurrency: Math.max(2, availableParallelism()) }, async (t) => {
-    assert.ok(qimgBuilt(), `${QIMG_CLI} missing: run npm run build`);
     const corpusDir = join(dir, 'corpus');
     mkdirSync(corpusDir);
     const corpus = buildCorpus(corpusDir);

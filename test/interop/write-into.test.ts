@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QIMG_CLI } from '../helpers/corpus.js';
+import { qimgCommand } from '../helpers/cli.js';
 import { maskIoTiming } from '../helpers/normalise.js';
 
 const haveQemu = spawnSync('qemu-img', ['--version']).status === 0;
@@ -132,7 +132,7 @@ for (const k of kinds) {
       k.make(ours);
       for (const f of spawnSync('ls', [ours], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean)) copyFileSync(join(ours, f), join(theirs, f));
       const cmds = commands(k.compressed ?? false);
-      const mine = run(process.execPath, [QIMG_CLI, 'io', '-f', k.format, ...cmds.flatMap((c) => ['-c', c]), 'img'], ours);
+      const mine = run(...qimgCommand(['io', '-f', k.format, ...cmds.flatMap((c) => ['-c', c]), 'img']), ours);
       assert.equal(mine.status, 0, mine.stderr);
       const ref = run('qemu-io', ['-f', k.format, ...cmds.flatMap((c) => ['-c', c]), 'img'], theirs);
       assert.equal(ref.status, 0, ref.stderr);

@@ -9,13 +9,13 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QIMG_CLI } from '../helpers/corpus.js';
+import { qimgCommand } from '../helpers/cli.js';
 
 const haveQemu = spawnSync('qemu-img', ['--version']).status === 0;
 if (!haveQemu && process.env.CI) throw new Error('qemu-img is required when CI is set');
 
 const run = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: 'utf8' });
-const qimg = (args: string[]) => run(process.execPath, [QIMG_CLI, ...args]);
+const qimg = (args: string[]) => run(...qimgCommand(args));
 
 test('031: an unknown header extension survives a header rewrite, unknown autoclear bits are cleared, as qemu does', { skip: !haveQemu }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'qimg-031-'));
