@@ -10,6 +10,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { qimgCommand } from '../helpers/cli.js';
+import { asQemu } from '../helpers/tools.js';
 
 const haveQemu = spawnSync('qemu-img', ['--version']).status === 0;
 if (!haveQemu && process.env.CI) throw new Error('qemu-img is required when CI is set');
@@ -76,10 +77,12 @@ test('214: a compressed cluster with a corrupted size field reads and checks as 
       poked.writeBigUInt64BE((entry & ~(0xffn << 54n)) | (BigInt(newField) << 54n), l2);
       writeFileSync(ours, poked);
       writeFileSync(theirs, poked);
-      // Reads: same outcome (EIO when the payload is cut short; the data when it is longer).
+      // Reads: the same output, stderr and exit code (EIO when the payload is cut short; the data when it is longer).
       const qr = run('qemu-io', ['-c', 'read -q 0 64k', theirs]);
       const mr = qimg(['io', '-c', 'read -q 0 64k', ours]);
-      assert.equal(mr.stdout.trim(), qr.stdout.trim(), label);
+      assert.equal(mr.stdout, qr.stdout, label);
+      assert.equal(asQemu(mr.stderr, 'qemu-io'), qr.stderr, label);
+      assert.equal(mr.status, qr.status, label);
       // check, then -r all: the same JSON and exit code, before and after.
       for (const args of [['check', '--output=json'], ['check', '-r', 'all', '--output=json'], ['check', '--output=json']]) {
         const q = run('qemu-img', [...args, theirs]);
