@@ -5,7 +5,7 @@
  *
  * Not `node --import tsx src/cli/main.ts` per run: that starts in about
  * 0.33 s against 0.12 s for the compiled file (`--version`, measured on a
- * 2-core machine), and the suite starts the CLI well over a thousand times;
+ * 2-core machine), and the suite starts the CLI many hundreds of times;
  * the kill test also counts on the CLI starting its work quickly.
  */
 import { dirname, join } from 'node:path';
