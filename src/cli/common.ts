@@ -5,6 +5,7 @@ import { parseFormatName } from '../block/probe.js';
 import type { ImageFormat } from '../block/driver.js';
 import { UsageError } from './options.js';
 import { toFixedC } from './format.js';
+import { refuseEncrypted } from './encrypted.js';
 
 export const PROG = 'qimg';
 
@@ -73,7 +74,9 @@ export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<
     if (format === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${opts.format}'`, code);
   }
   try {
-    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly });
+    const img = await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly });
+    if (!opts.metadataOnly) await refuseEncrypted(img);
+    return img;
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
   }

@@ -249,4 +249,17 @@ describe('against qemu-img 7.2', () => {
     // errors go to stderr, usage to stdout; compare each stream on its own
     for (const c of ['read', 'bogus', 'read -x 0 1', 'read 0 1 2', 'alloc', 'map x', 'length x']) checkIo(['-r', '-c', c, 's.raw']);
   });
+
+  test('encrypted qcow2 (LUKS and AES) without a key: info works, every other command fails at open as in qemu-img', (t) => {
+    if (!need(t)) return;
+    for (const [name, o] of [['luks.qcow2', 'encrypt.format=luks,encrypt.iter-time=10'], ['aes.qcow2', 'encrypt.format=aes,compat=0.10']] as const) {
+      sh(['create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=abc', '-o', `${o},encrypt.key-secret=s0`, name, '1M']);
+      checkImg(['info', '--output=json', name], noDiskSize);
+      checkImg(['info', name], noDiskSize);
+      for (const args of [['map', '--output=json'], ['map'], ['check', '--output=json'], ['check'], ['measure', '-O', 'qcow2'], ['compare', 's.raw']]) checkImg([...args, name]);
+      checkImg(['compare', name, 's.raw']);
+      checkImg(['convert', '-O', 'raw', name, `${name}.raw`]);
+      same(['io'], qemuIo(['-c', 'read 0 512', name], opts), qimg(['io', '-c', 'read 0 512', name], opts), noTiming, 'qemu-io');
+    }
+  });
 });

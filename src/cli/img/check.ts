@@ -8,6 +8,10 @@ import type { ImageFormat } from '../../block/driver.js';
 import { checkImage, imageCheckJson, type CheckReport } from '../../formats/qcow2/check.js';
 import type { CheckCounts } from '../../formats/qcow2/check-refs.js';
 import { checkQedImage } from '../../formats/qed/check.js';
+import { CRYPT_NONE } from '../../formats/qcow2/constants.js';
+import { readHeader } from '../../formats/qcow2/header.js';
+import { ImageError } from '../../errors.js';
+import { NEEDS_SECRET } from '../encrypted.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
@@ -138,6 +142,8 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
 }
 
 async function qcow2Outcome(storage: Storage, fix: 'none' | 'leaks' | 'all'): Promise<Outcome> {
+  // qemu-img check opens the image first, which needs the key of an encrypted one (see encrypted.ts).
+  if ((await readHeader(storage)).cryptMethod !== CRYPT_NONE) throw new ImageError('needs-secret', NEEDS_SECRET);
   const o = await checkImage(storage, fix);
   const rep: CheckReport = o.report;
   const res: Outcome = { counts: rep, messages: o.messages, errors: o.errors, failed: rep.failed, exitCode: o.exitCode };

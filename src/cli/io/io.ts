@@ -11,6 +11,7 @@ import { isImageError } from '../../errors.js';
 import { CliError, err, messageOf, out, PROG, strerror, validCache } from '../common.js';
 import { cvtstr, timestr, toFixedC } from '../format.js';
 import { dumpQObject } from '../img/info.js';
+import { refuseEncrypted } from '../encrypted.js';
 import { getopt, parseSize } from '../options.js';
 
 export const ioHelp = `usage: qimg io [-f fmt] [-r] [-U] [-t cache] [-c command]... [file]
@@ -782,6 +783,7 @@ export async function cmdIo(args: string[]): Promise<number> {
   try {
     // qemu-io opens read-write unless -r is given.
     img = await openImageFile(path, { format: fmt, writable: !readOnly });
+    await refuseEncrypted(img);
   } catch (e) {
     throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
   }
