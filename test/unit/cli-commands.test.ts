@@ -262,4 +262,15 @@ describe('against qemu-img 7.2', () => {
       same(['io'], qemuIo(['-c', 'read 0 512', name], opts), qimg(['io', '-c', 'read 0 512', name], opts), noTiming, 'qemu-io');
     }
   });
+
+  test('check: a backing file that cannot be opened fails the check; -r on a probed raw image warns first', (t) => {
+    if (!need(t)) return;
+    sh(['create', '-q', '-f', 'qcow2', '-u', '-b', 'gone.qcow2', '-F', 'qcow2', 'nobacking.qcow2', '1M']);
+    sh(['create', '-q', '-f', 'qed', '-u', '-b', 'gone.raw', '-F', 'raw', 'nobacking.qed', '1M']);
+    for (const f of ['nobacking.qcow2', 'nobacking.qed']) {
+      checkImg(['check', f]);
+      checkImg(['check', '--output=json', f]);
+    }
+    for (const args of [['-r', 'all'], ['-r', 'leaks', '--output=json'], ['-r', 'all', '-f', 'raw'], []]) checkImg(['check', ...args, 's.raw']);
+  });
 });

@@ -12,10 +12,11 @@ import { CRYPT_NONE } from '../../formats/qcow2/constants.js';
 import { readHeader } from '../../formats/qcow2/header.js';
 import { ImageError } from '../../errors.js';
 import { NEEDS_SECRET } from '../encrypted.js';
+import { openImageFile } from '../../node.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
-import { CliError, err, messageOf, out, outputFormat, PROG, validCache } from '../common.js';
+import { CliError, err, messageOf, out, outputFormat, probedRawWarning, PROG, validCache } from '../common.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -96,11 +97,14 @@ export async function cmdCheck(args: string[]): Promise<number> {
   try {
     const fmt = await formatOf(storage, path, format);
     if (fmt === 'raw') {
+      // -r opens the image for writing, which is when qemu warns about a probed raw image.
+      if (fix !== 'none' && format === undefined) err(probedRawWarning(path));
       err(`${PROG}: This image format does not support checks\n`);
       return 63;
     }
     let r: Outcome;
     try {
+      await backingChainOpens(path, fmt);
       r = fmt === 'qcow2' ? await qcow2Outcome(storage, fix) : await qedOutcome(storage, fix);
     } catch (e) {
       throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
@@ -139,6 +143,23 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
   const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
   await storage.read(head, 0);
   return probeFormat(head);
+}
+
+/**
+ * qemu-img check opens the image with its backing chain before checking, so
+ * a backing file that cannot be opened fails the check ("Could not open
+ * backing file: ..."). Other open failures are left to the check itself,
+ * which reports damage qimg's regular open would refuse.
+ */
+async function backingChainOpens(path: string, fmt: ImageFormat): Promise<void> {
+  let img;
+  try {
+    img = await openImageFile(path, { format: fmt, metadataOnly: true });
+  } catch (e) {
+    if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw e;
+    return;
+  }
+  await img.close();
 }
 
 async function qcow2Outcome(storage: Storage, fix: 'none' | 'leaks' | 'all'): Promise<Outcome> {
