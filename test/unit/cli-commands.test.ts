@@ -4,7 +4,7 @@
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, statSync, writeFileSync, truncateSync as truncateFile, existsSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync, truncateSync as truncateFile, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { maskActualSize, maskDiskSize, maskIoTiming } from '../helpers/normalise.js';
 import { qimgMain, REPO_ROOT } from '../helpers/cli.js';
@@ -263,11 +263,14 @@ describe('against qemu-img 7.2', () => {
     }
   });
 
-  test('check: a backing file that cannot be opened fails the check; -r on a probed raw image warns first', (t) => {
+  test('check: a backing or data file that cannot be opened fails the check; -r on a probed raw image warns first', (t) => {
     if (!need(t)) return;
     sh(['create', '-q', '-f', 'qcow2', '-u', '-b', 'gone.qcow2', '-F', 'qcow2', 'nobacking.qcow2', '1M']);
     sh(['create', '-q', '-f', 'qed', '-u', '-b', 'gone.raw', '-F', 'raw', 'nobacking.qed', '1M']);
-    for (const f of ['nobacking.qcow2', 'nobacking.qed']) {
+    sh(['create', '-q', '-f', 'qcow2', '-o', 'data_file=nodata.data', 'nodata.qcow2', '1M']);
+    io('nodata.qcow2', 'write -P 7 0 64k');
+    rmSync(join(dir, 'nodata.data'));
+    for (const f of ['nobacking.qcow2', 'nobacking.qed', 'nodata.qcow2']) {
       checkImg(['check', f]);
       checkImg(['check', '--output=json', f]);
     }

@@ -104,7 +104,7 @@ export async function cmdCheck(args: string[]): Promise<number> {
     }
     let r: Outcome;
     try {
-      await backingChainOpens(path, fmt);
+      await filesItNamesOpen(path, fmt);
       r = fmt === 'qcow2' ? await qcow2Outcome(storage, fix) : await qedOutcome(storage, fix);
     } catch (e) {
       throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
@@ -146,17 +146,19 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
 }
 
 /**
- * qemu-img check opens the image with its backing chain before checking, so
- * a backing file that cannot be opened fails the check ("Could not open
- * backing file: ..."). Other open failures are left to the check itself,
- * which reports damage qimg's regular open would refuse.
+ * qemu-img check opens the image with its backing chain and external data
+ * file before checking, so one of those that cannot be opened fails the
+ * check ("Could not open backing file: ...", "Could not open 'x.data': ...").
+ * Other open failures are left to the check itself, which reports damage
+ * qimg's regular open would refuse.
  */
-async function backingChainOpens(path: string, fmt: ImageFormat): Promise<void> {
+async function filesItNamesOpen(path: string, fmt: ImageFormat): Promise<void> {
   let img;
   try {
-    img = await openImageFile(path, { format: fmt, metadataOnly: true });
+    img = await openImageFile(path, { format: fmt });
   } catch (e) {
-    if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw e;
+    // The image itself is open already (cmdCheck), so a file that cannot be opened is one it names.
+    if (e instanceof ImageError && /^Could not open (backing file|')/.test(e.message)) throw e;
     return;
   }
   await img.close();
