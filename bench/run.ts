@@ -13,9 +13,11 @@ import { cpus, totalmem, tmpdir, release } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomFillSync } from 'node:crypto';
+import { qimgMain } from '../test/helpers/cli.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const qimgBin = join(root, 'dist', 'cli', 'main.js');
+/** The CLI compiled from the current sources (built here first if dist/ is stale). */
+const qimgBin = qimgMain();
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
 const only = process.env.BENCH_ONLY?.split(',');

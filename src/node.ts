@@ -19,7 +19,7 @@ export function resolveImplicitPath(imagePath: string, name: string): string {
 }
 
 export const nodeHost: Host = {
-  openStorage: (path, { writable, unsafe }) => FileStorage.open(path, { writable, unsafe }),
+  openStorage: (path, { writable, unsafe, name }) => FileStorage.open(path, { writable, unsafe, name }),
   resolve: resolveImplicitPath,
   identity: async (path) => {
     try {

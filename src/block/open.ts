@@ -15,7 +15,8 @@ import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
 export interface Host {
-  openStorage(path: string, opts: { writable: boolean; unsafe?: boolean }): Promise<Storage>;
+  /** `name`, when given, is what the storage reports itself as instead of `path`. */
+  openStorage(path: string, opts: { writable: boolean; unsafe?: boolean; name?: string }): Promise<Storage>;
   /** The path of `name` as named by the image at `imagePath` (relative to its directory). */
   resolve(imagePath: string, name: string): string;
   /** A stable identity of the file behind `path`, for loop detection. */
@@ -207,7 +208,9 @@ async function openDriver(
     probed: format === undefined,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
-      const data = await opts.host.openStorage(resolved, { writable });
+      // qemu names the data file's node by the name the image records (it
+      // opens that name as given), and qemu-img map prints that name.
+      const data = await opts.host.openStorage(resolved, { writable, name: name.replace(/^file:/, '') });
       try {
         await data.setPermissions?.(dataFilePermissions(req));
       } catch (e) {

@@ -81,6 +81,12 @@ export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<
   }
 }
 
+/** What qemu prints when it opens a probed raw image for writing (qemu-io, qemu-img check -r). */
+export const probedRawWarning = (path: string): string =>
+  `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
+  '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+  "         Specify the 'raw' format explicitly to remove the restrictions.\n";
+
 const CACHE_MODES = new Set(['none', 'writeback', 'writethrough', 'directsync', 'unsafe', 'off']);
 export const validCache = (mode: string): boolean => CACHE_MODES.has(mode);
 

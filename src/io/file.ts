@@ -52,6 +52,8 @@ export interface FileOpenOptions {
    * whose user refuses writers, whichever path opened it.
    */
   permissions?: Permissions;
+  /** The name the storage reports (default: `path`), e.g. a data file's name as its image records it. */
+  name?: string;
 }
 
 export class FileStorage implements Storage {
@@ -79,7 +81,7 @@ export class FileStorage implements Storage {
     } catch (e) {
       throw fileError(path, e);
     }
-    const st = new FileStorage(path, fh, writable, opts.unsafe ?? false);
+    const st = new FileStorage(opts.name ?? path, fh, writable, opts.unsafe ?? false);
     try {
       const permissions = opts.permissions ?? (writable ? imagePermissions('raw', { writable: true }) : undefined);
       if (permissions) await st.setPermissions(permissions);

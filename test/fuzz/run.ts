@@ -1,15 +1,14 @@
 /**
  * npm run fuzz: FUZZ_SECONDS (default 60) or FUZZ_RUNS cases from FUZZ_SEED
- * (default 1). FUZZ_CLI_EVERY sends every n-th case through the built CLI
+ * (default 1). FUZZ_CLI_EVERY sends every n-th case through the compiled CLI
  * (default 200; 0 turns it off). Findings go to test/fuzz/findings/, or
  * to FUZZ_FINDINGS_DIR.
  */
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { existsSync } from 'node:fs';
 import { runFuzz } from './engine.js';
 import { haveQemu, makeSeeds } from './seeds.js';
-import { CLI_MAIN } from './targets.js';
+import { qimgMain } from '../helpers/cli.js';
 
 const env = (k: string): number | undefined => (process.env[k] === undefined || process.env[k] === '' ? undefined : Number(process.env[k]));
 
@@ -21,11 +20,9 @@ async function main(): Promise<number> {
   const runs = env('FUZZ_RUNS');
   const seconds = env('FUZZ_SECONDS') ?? (runs === undefined ? 60 : undefined);
   const seed = env('FUZZ_SEED') ?? 1;
-  let cliEvery = env('FUZZ_CLI_EVERY') ?? 200;
-  if (cliEvery > 0 && !existsSync(CLI_MAIN)) {
-    console.error(`fuzz: ${CLI_MAIN} is missing (npm run build); CLI samples are off`);
-    cliEvery = 0;
-  }
+  const cliEvery = env('FUZZ_CLI_EVERY') ?? 200;
+  // Compile the CLI now if dist/ is stale, before the workers start sending cases through it.
+  if (cliEvery > 0) qimgMain();
   const findingsDir = process.env.FUZZ_FINDINGS_DIR || join(dirname(fileURLToPath(import.meta.url)), 'findings');
   const t0 = Date.now();
   const seeds = makeSeeds();

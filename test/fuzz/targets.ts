@@ -8,8 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import '../../src/formats/index.js';
 import type { ImageFormat } from '../../src/block/driver.js';
 import type { Image } from '../../src/block/image.js';
@@ -21,6 +20,7 @@ import { checkImage, checkQcow2 } from '../../src/formats/qcow2/check.js';
 import type { QedDriver } from '../../src/formats/qed/qed.js';
 import { convertImages, ConvertError, type ConvertTarget } from '../../src/ops/convert.js';
 import { mapImage } from '../../src/ops/map.js';
+import { qimgCommand } from '../helpers/cli.js';
 import { Rng } from './mutate.js';
 import type { SeedFormat } from './seeds.js';
 
@@ -317,8 +317,6 @@ export function signature(r: TargetResult): string {
 
 // --- the CLI ---
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI_MAIN = join(ROOT, 'dist', 'cli', 'main.js');
 
 /** Messages that mean a JavaScript failure escaped as text. */
 const INTERNAL = /Cannot read properties|is not a function|is not iterable|undefined|Invalid array length|Array buffer allocation failed|Maximum call stack|out of memory|RangeError|TypeError|ReferenceError|Invalid typed array length|Offset is outside the bounds|ERR_[A-Z_]+/;
@@ -327,7 +325,7 @@ let cliCommands: Set<string> | undefined;
 /** The subcommands the built CLI has (check may not exist yet). */
 export function cliHas(cmd: string): boolean {
   if (!cliCommands) {
-    const r = spawnSync(process.execPath, [CLI_MAIN, '--help'], { encoding: 'utf8' });
+    const r = spawnSync(...qimgCommand(['--help']), { encoding: 'utf8' });
     cliCommands = new Set((r.stdout ?? '').split('\n').map((l) => l.trim().split(' ')[0] ?? ''));
   }
   return cliCommands.has(cmd);
@@ -349,7 +347,7 @@ export function runCli(c: FuzzCase, timeoutMs: number, convert: boolean): Target
     if (cliHas('check') && c.format !== 'raw') cmds.push(['check', c.file], ['check', '-r', 'all', c.file]);
     for (const args of cmds) {
       const t0 = performance.now();
-      const r = spawnSync(process.execPath, [CLI_MAIN, ...args], { cwd: dir, encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024, env: { ...process.env, LC_ALL: 'C', QIMG_DEBUG: '' } });
+      const r = spawnSync(...qimgCommand(args), { cwd: dir, encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024, env: { ...process.env, LC_ALL: 'C', QIMG_DEBUG: '' } });
       const ms = performance.now() - t0;
       const target = `cli ${args.join(' ')}`;
       const stderr = r.stderr ?? '';

@@ -9,10 +9,10 @@
  * against the image's directory (as qemu does).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { qimgCommand } from './cli.js';
 
 export type CorpusFormat = 'qcow2' | 'qed' | 'raw';
 
@@ -423,29 +423,10 @@ export function allocatedBytes(path: string): number {
 
 // --- shared by the interop tests ----------------------------------------------------------
 
-/** The repository root (this file is test/helpers/corpus.ts). */
-export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** The built CLI: `node dist/cli/main.js`. */
-export const QIMG_CLI = join(REPO_ROOT, 'dist', 'cli', 'main.js');
-
-export function qimgBuilt(): boolean {
-  return existsSync(QIMG_CLI);
-}
-
-/** Run `qimg ARGS` (the built CLI under this node). */
+/** Run `qimg ARGS`: the CLI compiled from the current sources (see cli.ts), under this node. */
 export function qimg(args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
-  return runAsync(process.execPath, [QIMG_CLI, ...args], opts);
-}
-
-/** Drop every `actual-size` member (host dependent), at any depth. */
-export function withoutActualSize(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(withoutActualSize);
-  if (v !== null && typeof v === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) if (k !== 'actual-size') out[k] = withoutActualSize(x);
-    return out;
-  }
-  return v;
+  const [cmd, argv] = qimgCommand(args);
+  return runAsync(cmd, argv, opts);
 }
 
 /** Parse a tool's JSON stdout, failing with the tool's own output when it is not JSON. */

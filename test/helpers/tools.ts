@@ -6,11 +6,11 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { FormatDriver, Mapping } from '../../src/block/driver.js';
 import { BlockImage, type Image } from '../../src/block/image.js';
 import { MemoryStorage } from '../../src/io/memory.js';
+import { qimgCommand } from './cli.js';
 
 export interface RunResult {
   stdout: string;
@@ -24,9 +24,6 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** The built CLI (npm run build first). */
-export const QIMG_MAIN = join(ROOT, 'dist', 'cli', 'main.js');
 
 function run(cmd: string, args: readonly string[], opts: RunOptions = {}): RunResult {
   const r = spawnSync(cmd, args, {
@@ -42,7 +39,8 @@ function run(cmd: string, args: readonly string[], opts: RunOptions = {}): RunRe
 
 export const qemuImg = (args: readonly string[], opts?: RunOptions): RunResult => run('qemu-img', args, opts);
 export const qemuIo = (args: readonly string[], opts?: RunOptions): RunResult => run('qemu-io', args, opts);
-export const qimg = (args: readonly string[], opts?: RunOptions): RunResult => run(process.execPath, [QIMG_MAIN, ...args], opts);
+/** `qimg ARGS`: the CLI compiled from the current sources (see cli.ts). */
+export const qimg = (args: readonly string[], opts?: RunOptions): RunResult => run(...qimgCommand(args), opts);
 
 let available: boolean | undefined;
 /** Whether qemu-img and qemu-io can be run here. */

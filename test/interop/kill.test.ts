@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QIMG_CLI as QIMG } from '../helpers/corpus.js';
+import { qimgCommand } from '../helpers/cli.js';
 
 const haveQemu = spawnSync('qemu-img', ['--version']).status === 0;
 if (!haveQemu && process.env.CI) throw new Error('qemu-img is required when CI is set');
@@ -57,7 +57,7 @@ for (const k of kinds) {
       for (const delay of [60, 150, 300, 600]) {
         const img = join(dir, `k${delay}.qcow2`);
         assert.equal(spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', k.opts, img, '64M']).status, 0);
-        const child = spawn(process.execPath, [QIMG, 'io', ...workload(k.compressed), img], { stdio: 'ignore' });
+        const child = spawn(...qimgCommand(['io', ...workload(k.compressed), img]), { stdio: 'ignore' });
         const exited = new Promise<string | null>((r) => child.on('exit', (_code, signal) => r(signal)));
         await new Promise((r) => setTimeout(r, delay));
         child.kill('SIGKILL');
@@ -66,7 +66,7 @@ for (const k of kinds) {
         const r = spawnSync('qemu-img', ['check', img], { encoding: 'utf8' });
         assert.ok(r.status === 0 || r.status === 3, `killed after ${delay} ms: qemu-img check exit ${r.status}\n${r.stdout}${r.stderr}`);
         // And qimg can open it for writing again (a dirty lazy-refcount image is repaired on open).
-        const w = spawnSync(process.execPath, [QIMG, 'io', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', img], { encoding: 'utf8' });
+        const w = spawnSync(...qimgCommand(['io', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', img]), { encoding: 'utf8' });
         assert.equal(w.status, 0, w.stderr);
         const after = spawnSync('qemu-img', ['check', img], { encoding: 'utf8' });
         assert.ok(after.status === 0 || after.status === 3, after.stdout);

@@ -9,7 +9,8 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { lockingAvailable } from '../../src/io/locks.js';
-import { QIMG_MAIN, qemuImg, qemuIo, qimg, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
+import { qemuImg, qemuIo, qimg, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
+import { qimgMain } from '../helpers/cli.js';
 
 /** Tools and the addon, or a visible skip (outside CI) / a failure (in CI). */
 function ready(t: TestContext): boolean {
@@ -29,7 +30,7 @@ interface Holder {
  * stopped; resolves once it has answered a read, so its locks are in place.
  */
 function hold(cwd: string, cmd: 'qemu-io' | 'qimg', args: string[]): Promise<Holder> {
-  const p = cmd === 'qimg' ? spawn(process.execPath, [QIMG_MAIN, 'io', ...args], { cwd }) : spawn('qemu-io', args, { cwd });
+  const p = cmd === 'qimg' ? spawn(process.execPath, [qimgMain(), 'io', ...args], { cwd }) : spawn('qemu-io', args, { cwd });
   let out = '';
   let errText = '';
   const exited = new Promise<void>((resolve) => p.on('exit', () => resolve()));

@@ -4,9 +4,11 @@
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, statSync, writeFileSync, truncateSync as truncateFile, existsSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync, truncateSync as truncateFile, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { asQemu, haveTools, qemuImg, qemuIo, qimg, QIMG_MAIN, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
+import { maskActualSize, maskDiskSize, maskIoTiming } from '../helpers/normalise.js';
+import { qimgMain, REPO_ROOT } from '../helpers/cli.js';
+import { asQemu, haveTools, qemuImg, qemuIo, qimg, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
 
 const dir = tmpDir('qimg-cli-');
 /** A sparse file of `size` bytes (created if missing). */
@@ -16,10 +18,9 @@ const truncateSync = (path: string, size: number): void => {
 };
 const opts = { cwd: dir, env: { TZ: 'UTC' } };
 
-/** Disk usage depends on the host file system, not on qimg. */
-const noDiskSize = (s: string): string => s.replace(/^disk size: .*$/gm, 'disk size: X').replace(/"actual-size": \d+/g, '"actual-size": X');
-/** qemu-io's throughput line changes from run to run. */
-const noTiming = (s: string): string => s.replace(/^[0-9.]+ (bytes|KiB|MiB|GiB), \d+ ops; .*$/gm, 'TIMING');
+/** Disk usage depends on the host file system, not on qimg (see normalise.ts). */
+const noDiskSize = (s: string): string => maskDiskSize(maskActualSize(s));
+const noTiming = maskIoTiming;
 
 function same(args: string[], a: RunResult, b: RunResult, norm: (s: string) => string = (s) => s, prog = 'qemu-img'): void {
   assert.equal(norm(b.stdout), norm(a.stdout), `stdout of ${args.join(' ')}`);
@@ -39,15 +40,14 @@ const io = (file: string, ...cmds: string[]): void => {
   assert.equal(r.status, 0, r.stderr);
 };
 
-test('the CLI is built', () => {
-  assert.ok(existsSync(QIMG_MAIN), 'run npm run build first');
-  assert.match(readFileSync(QIMG_MAIN, 'utf8'), /^#!\/usr\/bin\/env node\n/);
+test('the compiled CLI (the package bin) starts with a node shebang', () => {
+  assert.match(readFileSync(qimgMain(), 'utf8'), /^#!\/usr\/bin\/env node\n/);
 });
 
 test('global options and unknown commands', () => {
   const v = qimg(['--version']);
   assert.equal(v.status, 0);
-  const pkg = JSON.parse(readFileSync(join(QIMG_MAIN, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
   assert.equal(v.stdout, `qimg version ${pkg.version}\n`);
   assert.equal(qimg(['-V']).stdout, v.stdout);
   const h = qimg(['--help']);
@@ -248,5 +248,32 @@ describe('against qemu-img 7.2', () => {
     checkIo(['-f', 'qcow2', '-c', 'length', 's.raw']);
     // errors go to stderr, usage to stdout; compare each stream on its own
     for (const c of ['read', 'bogus', 'read -x 0 1', 'read 0 1 2', 'alloc', 'map x', 'length x']) checkIo(['-r', '-c', c, 's.raw']);
+  });
+
+  test('encrypted qcow2 (LUKS and AES) without a key: info works, every other command fails at open as in qemu-img', (t) => {
+    if (!need(t)) return;
+    for (const [name, o] of [['luks.qcow2', 'encrypt.format=luks,encrypt.iter-time=10'], ['aes.qcow2', 'encrypt.format=aes,compat=0.10']] as const) {
+      sh(['create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=abc', '-o', `${o},encrypt.key-secret=s0`, name, '1M']);
+      checkImg(['info', '--output=json', name], noDiskSize);
+      checkImg(['info', name], noDiskSize);
+      for (const args of [['map', '--output=json'], ['map'], ['check', '--output=json'], ['check'], ['measure', '-O', 'qcow2'], ['compare', 's.raw']]) checkImg([...args, name]);
+      checkImg(['compare', name, 's.raw']);
+      checkImg(['convert', '-O', 'raw', name, `${name}.raw`]);
+      same(['io'], qemuIo(['-c', 'read 0 512', name], opts), qimg(['io', '-c', 'read 0 512', name], opts), noTiming, 'qemu-io');
+    }
+  });
+
+  test('check: a backing or data file that cannot be opened fails the check; -r on a probed raw image warns first', (t) => {
+    if (!need(t)) return;
+    sh(['create', '-q', '-f', 'qcow2', '-u', '-b', 'gone.qcow2', '-F', 'qcow2', 'nobacking.qcow2', '1M']);
+    sh(['create', '-q', '-f', 'qed', '-u', '-b', 'gone.raw', '-F', 'raw', 'nobacking.qed', '1M']);
+    sh(['create', '-q', '-f', 'qcow2', '-o', 'data_file=nodata.data', 'nodata.qcow2', '1M']);
+    io('nodata.qcow2', 'write -P 7 0 64k');
+    rmSync(join(dir, 'nodata.data'));
+    for (const f of ['nobacking.qcow2', 'nobacking.qed', 'nodata.qcow2']) {
+      checkImg(['check', f]);
+      checkImg(['check', '--output=json', f]);
+    }
+    for (const args of [['-r', 'all'], ['-r', 'leaks', '--output=json'], ['-r', 'all', '-f', 'raw'], []]) checkImg(['check', ...args, 's.raw']);
   });
 });

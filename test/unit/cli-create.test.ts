@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { asQemu, qemuImg, qimg, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
+import { maskActualSize } from '../helpers/normalise.js';
 
 const qdir = tmpDir('qimg-create-q-');
 const idir = tmpDir('qimg-create-i-');
@@ -21,11 +22,11 @@ function same(args: string[]): void {
   assert.equal(i.status, q.status, `exit code of ${args.join(' ')}`);
 }
 
-/** info --output=json without what depends on the host or the directory. */
-function info(dir: string, file: string): unknown {
+/** qemu-img's info --output=json text, with the directory and the host's disk usage masked. */
+function info(dir: string, file: string): string {
   const r = qemuImg(['info', '--output=json', file], { cwd: dir });
   assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout.replaceAll(dir, 'DIR').replace(/"actual-size": \d+/g, '"actual-size": 0'));
+  return maskActualSize(r.stdout.replaceAll(dir, 'DIR'));
 }
 
 test('create: messages, Formatting lines and exit codes as qemu-img', (t) => {
@@ -109,7 +110,7 @@ test('created images match qemu-img created ones and pass check', (t) => {
   for (const [fmt, args] of cases) {
     const file = args[args.length - 1]!.endsWith('M') || args[args.length - 1]!.endsWith('G') || args[args.length - 1]!.endsWith('k') ? args[args.length - 2]! : args[args.length - 1]!;
     same(['create', ...args]);
-    assert.deepEqual(info(idir, file), info(qdir, file), `info of ${args.join(' ')}`);
+    assert.equal(info(idir, file), info(qdir, file), `info of ${args.join(' ')}`);
     if (fmt !== 'raw') {
       const c = qemuImg(['check', file], { cwd: idir });
       assert.equal(c.status, 0, `check of ${args.join(' ')}: ${c.stdout}${c.stderr}`);

@@ -6,12 +6,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { asQemu, qemuImg, qemuIo, qimg, QIMG_MAIN, requireTools, tmpDir } from '../helpers/tools.js';
+import { maskIoTiming } from '../helpers/normalise.js';
+import { qimgCommand } from '../helpers/cli.js';
+import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir } from '../helpers/tools.js';
 
 const dir = tmpDir('qimg-io-write-');
 const opts = { cwd: dir };
-const noTiming = (s: string): string =>
-  s.replace(/^[0-9.]+ (bytes|KiB|MiB|GiB), \d+ ops; .*$/gm, 'TIMING').replace(/^(\d+,\d+),[0-9:.]+,[0-9.]+,[0-9.]+$/gm, '$1,TIMING');
+/** Timings and rates (human and -C forms) are wall-clock measurements; counts are kept. */
+const noTiming = (s: string): string => maskIoTiming(s).replace(/^(\d+,\d+),[0-9:.]+,[0-9.]+,[0-9.]+$/gm, '$1,TIMING');
 const cmds = (list: string[]): string[] => list.flatMap((c) => ['-c', c]);
 
 function compareRun(fmt: 'qcow2' | 'qed', list: string[], oracleFmt = 'raw'): void {
@@ -91,7 +93,7 @@ test('read-only opens refuse writes as qemu-io does', (t) => {
 test('abort dies with SIGABRT and leaves what was written', (t) => {
   if (!requireTools(t)) return;
   assert.equal(qimg(['create', '-q', '-f', 'qcow2', 'ab.qcow2', '1M'], opts).status, 0);
-  const r = spawnSync(process.execPath, [QIMG_MAIN, 'io', '-c', 'write -P 1 0 64k', '-c', 'flush', '-c', 'abort', '-c', 'write -P 2 0 64k', 'ab.qcow2'], { cwd: dir, encoding: 'utf8' });
+  const r = spawnSync(...qimgCommand(['io', '-c', 'write -P 1 0 64k', '-c', 'flush', '-c', 'abort', '-c', 'write -P 2 0 64k', 'ab.qcow2']), { cwd: dir, encoding: 'utf8' });
   assert.equal(r.signal, 'SIGABRT');
   assert.equal(r.stderr, '');
   // Lines are written as each command completes, so the first write's report is there.

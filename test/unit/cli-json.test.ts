@@ -2,6 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { qdictOrder, tdbHash, toQemuJson } from '../../src/cli/json.js';
 import { humanInfo, snapshotLine, dumpQObject } from '../../src/cli/img/info.js';
+import { jsonEntry } from '../../src/cli/img/map.js';
+import { imageCheckJson } from '../../src/formats/qcow2/check.js';
+import { emptyCounts } from '../../src/formats/qcow2/check-refs.js';
 
 // Captured from qemu-img 7.2.22: `qemu-img create -f qcow2 t.qcow2 1G; qemu-img info --output=json t.qcow2`
 const QCOW2_INFO = `{
@@ -215,4 +218,37 @@ test('human info layout of qemu-img 7.2 with snapshots and nested format-specifi
   }
   assert.equal(snapshotLine(), 'ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
   assert.equal(dumpQObject({ a: 1 }, 2), '        a: 1\n');
+});
+
+// qemu-img 7.2.22: `qemu-img create -f qcow2 t.qcow2 1M; qemu-io -c 'write -c 0 64k' -c 'write 128k 64k' t.qcow2`, then
+// `qemu-img check --output=json t.qcow2` and `qemu-img map --output=json t.qcow2`.
+const CHECK_JSON = `{
+    "image-end-offset": 458752,
+    "compressed-clusters": 1,
+    "total-clusters": 16,
+    "check-errors": 0,
+    "allocated-clusters": 2,
+    "filename": "t.qcow2",
+    "format": "qcow2",
+    "fragmented-clusters": 1
+}
+`;
+const MAP_JSON = `[{ "start": 0, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true},
+{ "start": 65536, "length": 65536, "depth": 0, "present": false, "zero": true, "data": false},
+{ "start": 131072, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, "offset": 393216},
+{ "start": 196608, "length": 851968, "depth": 0, "present": false, "zero": true, "data": false}]
+`;
+
+test('check --output=json: zero optional counts left out, members in qemu-img 7.2 order', () => {
+  const counts = { ...emptyCounts(), imageEndOffset: 458752, compressedClusters: 1, totalClusters: 16, allocatedClusters: 2, fragmentedClusters: 1 };
+  assert.equal(`${toQemuJson(imageCheckJson(counts, 't.qcow2', 'qcow2'))}\n`, CHECK_JSON);
+  // The same bytes when the members arrive in QAPI schema order (ImageCheck), as QEMU inserts them.
+  const schemaOrder = { filename: 't.qcow2', format: 'qcow2', 'check-errors': 0, 'image-end-offset': 458752, 'total-clusters': 16, 'allocated-clusters': 2, 'fragmented-clusters': 1, 'compressed-clusters': 1 };
+  assert.equal(`${toQemuJson(schemaOrder)}\n`, CHECK_JSON);
+});
+
+test('map --output=json: one line per extent, offset only where qemu-img has one, as qemu-img 7.2 prints', () => {
+  const e = (start: number, length: number, present: boolean, data: boolean, offset?: number) => ({ start, length, depth: 0, present, zero: !data, data, compressed: false, offset });
+  const entries = [e(0, 65536, true, true), e(65536, 65536, false, false), e(131072, 65536, true, true, 393216), e(196608, 851968, false, false)];
+  assert.equal(`[${entries.map(jsonEntry).join(',\n')}]\n`, MAP_JSON);
 });

@@ -6,16 +6,16 @@
  * for longer and saves what it finds.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { test } from 'node:test';
 import { runFuzz } from '../fuzz/engine.js';
 import { haveQemu, makeSeeds } from '../fuzz/seeds.js';
-import { CLI_MAIN } from '../fuzz/targets.js';
+import { qimgMain } from '../helpers/cli.js';
 
 const qemu = haveQemu();
 if (!qemu && process.env.CI) throw new Error('qemu-img/qemu-io are required when CI is set');
 
 test('fuzz: 2500 mutated images (seed 20240601) end in an ImageError or succeed', { skip: !qemu && 'qemu-img/qemu-io not installed', timeout: 180_000 }, async () => {
+  qimgMain(); // compiled before the workers run cases through it
   const seeds = makeSeeds();
   const s = await runFuzz({
     seeds,
@@ -23,7 +23,7 @@ test('fuzz: 2500 mutated images (seed 20240601) end in an ImageError or succeed'
     runs: 2500,
     // A bound for slow machines; the run is deterministic up to where it stops.
     seconds: 45,
-    cliEvery: existsSync(CLI_MAIN) ? 500 : 0,
+    cliEvery: 500,
   });
   const report = s.findings.map((f) => `${f.signature} (case ${f.iteration}, ${f.seedImage}): ${f.error?.message}\n  edits: ${f.minimisedEdits.map((e) => e.why).join('; ')}`);
   assert.deepEqual(report, []);

@@ -9,10 +9,12 @@ import { imagePermissions } from '../../block/perms.js';
 import { checkImage, imageCheckJson, type CheckReport } from '../../formats/qcow2/check.js';
 import type { CheckCounts } from '../../formats/qcow2/check-refs.js';
 import { checkQedImage } from '../../formats/qed/check.js';
+import { ImageError } from '../../errors.js';
+import { openImageFile } from '../../node.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
-import { CliError, err, messageOf, out, outputFormat, PROG, validCache } from '../common.js';
+import { CliError, err, messageOf, out, outputFormat, probedRawWarning, PROG, validCache } from '../common.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -101,11 +103,14 @@ export async function cmdCheck(args: string[]): Promise<number> {
       throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
     }
     if (fmt === 'raw') {
+      // -r opens the image for writing, which is when qemu warns about a probed raw image.
+      if (fix !== 'none' && format === undefined) err(probedRawWarning(path));
       err(`${PROG}: This image format does not support checks\n`);
       return 63;
     }
     let r: Outcome;
     try {
+      await filesItNamesOpen(path, fmt);
       r = fmt === 'qcow2' ? await qcow2Outcome(storage, fix) : await qedOutcome(storage, fix);
     } catch (e) {
       throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
@@ -144,6 +149,25 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
   const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
   await storage.read(head, 0);
   return probeFormat(head);
+}
+
+/**
+ * qemu-img check opens the image with its backing chain and external data
+ * file before checking, so one of those that cannot be opened fails the
+ * check ("Could not open backing file: ...", "Could not open 'x.data': ...").
+ * Other open failures are left to the check itself, which reports damage
+ * qimg's regular open would refuse.
+ */
+async function filesItNamesOpen(path: string, fmt: ImageFormat): Promise<void> {
+  let img;
+  try {
+    img = await openImageFile(path, { format: fmt });
+  } catch (e) {
+    // The image itself is open already (cmdCheck), so a file that cannot be opened is one it names.
+    if (e instanceof ImageError && /^Could not open (backing file|')/.test(e.message)) throw e;
+    return;
+  }
+  await img.close();
 }
 
 async function qcow2Outcome(storage: Storage, fix: 'none' | 'leaks' | 'all'): Promise<Outcome> {

@@ -8,7 +8,7 @@ import { parseFormatName } from '../../block/probe.js';
 import { openImageFile } from '../../node.js';
 import { readFileSync } from 'node:fs';
 import { isImageError } from '../../errors.js';
-import { CliError, err, messageOf, out, PROG, strerror, validCache } from '../common.js';
+import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror, validCache } from '../common.js';
 import { cvtstr, timestr, toFixedC } from '../format.js';
 import { dumpQObject } from '../img/info.js';
 import { getopt, parseSize } from '../options.js';
@@ -812,13 +812,7 @@ export async function cmdIo(args: string[]): Promise<number> {
     throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
   }
   if (!discard) discardsIgnored.add(img);
-  if (!readOnly && !snapshot && fmt === undefined && img.format === 'raw') {
-    err(
-      `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
-        '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-    );
-  }
+  if (!readOnly && !snapshot && fmt === undefined && img.format === 'raw') err(probedRawWarning(path));
   let failed = false;
   try {
     const lines: AsyncIterable<string> | string[] = cmds.length > 0 ? cmds : createInterface({ input: process.stdin, terminal: false });
