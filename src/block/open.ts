@@ -106,8 +106,9 @@ export function registerFormat(format: ImageFormat, opener: DriverOpener): void 
 }
 
 export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
-  if (opts.forceShare && opts.writable) throw new ImageError('bad-argument', 'force-share=on can only be used with read-only images');
+  // Under snapshot mode the named image is read-only, so -U may apply to it.
   if (opts.snapshot && opts.writable) return openUnderOverlay(path, opts);
+  if (opts.forceShare && opts.writable) throw new ImageError('bad-argument', 'force-share=on can only be used with read-only images');
   return openLayer(path, opts.format, opts, [], 0);
 }
 

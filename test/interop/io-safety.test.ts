@@ -58,6 +58,8 @@ test('io -s: writes go to a temporary overlay; the image and its backing file st
   // A second session sees none of the first one's writes.
   const again = qimg(['io', '-s', '-c', 'read -P 0x22 0 4k', img]);
   assert.equal(again.status, 0, again.stdout);
+  // -s -U: the image under the overlay is read-only, so force-share is allowed, as in qemu-io.
+  same(side(dir, img, ['-s', '-U', '-c', 'write -P 0x66 0 4k', '-c', 'read -P 0x66 0 4k']), '-s -U');
   // -s with -r: nothing may be written at all, as qemu-io says.
   same(side(dir, img, ['-s', '-r', '-c', 'write 0 4k']), '-s -r');
   // A probed raw image under -s: the restriction on block 0 does not apply (the overlay takes the write), as in qemu.
