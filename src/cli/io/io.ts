@@ -235,7 +235,7 @@ const readCmd: Command = {
     try {
       if (count > 0) await img.read(offset, buf);
     } catch (e) {
-      out(`read failed: ${messageOf(e)}\n`);
+      out(`read failed: ${errnoText(e)}\n`);
       return -5;
     }
     const seconds = (performance.now() - t1) / 1000;
@@ -372,6 +372,8 @@ const infoCmd: Command = {
 
 /** strerror() of a failed request: the block layer's errors carry errno-like meanings. */
 function errnoText(e: unknown): string {
+  // A host failure carries its own errno (ENOSPC: "No space left on device").
+  if (isImageError(e, 'io') && e.errno !== undefined) return strerror(e);
   const msg = messageOf(e);
   if (KNOWN_ERRNO_TEXT.has(msg)) return msg;
   if (isImageError(e, 'unsupported')) return 'Operation not supported';
@@ -801,7 +803,13 @@ export async function cmdIo(args: string[]): Promise<number> {
       if (r < 0) failed = true;
     }
   } finally {
-    await img.close();
+    // Closing writes the last metadata; a failure there is the user's data
+    // not reaching the disk, so it is reported (one line) and fails the run.
+    try {
+      await img.close();
+    } catch (e) {
+      throw new CliError(`Failed to close '${path}': ${strerror(e)}`, 1, { cause: e });
+    }
   }
   return failed ? 1 : 0;
 }
