@@ -56,6 +56,9 @@ export async function rebuildRefcountStructure(st: CheckState): Promise<void> {
     const from = { v: 0 };
     let grown = false;
     for (let cluster = first; cluster < end; cluster++) {
+      // Holes of a sparse file are skipped a page at a time, not walked.
+      cluster = st.refs.nextPossiblyUsed(cluster);
+      if (cluster >= end) break;
       if (st.refs.get(cluster) === 0) continue;
       const bi = Math.floor(cluster / per);
       const start = bi * per;
