@@ -8,7 +8,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
@@ -125,4 +125,37 @@ test('create -o preallocation=full on a full filesystem: the line and exit code 
   oneLine(r, /^qimg: .*p\.raw: Could not write zeros for preallocation: No space left on device\n$/, 'create');
   assert.equal(asQemu(r.stderr), q.stderr);
   assert.equal(r.status, q.status);
+});
+
+/** Fill what is left of the tmpfs. */
+function fill(): void {
+  try {
+    writeFileSync(join(mnt, 'fill'), Buffer.alloc(8 << 20));
+  } catch {
+    // ENOSPC: full now, which is the point.
+  }
+}
+
+test('check -r all that must rebuild the refcounts on a full filesystem: the lines and exit code of qemu-img', (t) => {
+  if (!ready(t)) return;
+  const broken = join(work, 'broken.qcow2');
+  assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', broken, '64M']).status, 0);
+  assert.equal(qemuIo(['-c', 'write -P 1 0 4M', broken]).status, 0);
+  // Drop the first refcount table entry: every cluster then has refcount 0, and repair must rebuild.
+  const bytes = readFileSync(broken);
+  bytes.writeBigUInt64BE(0n, Number(bytes.readBigUInt64BE(48)));
+  writeFileSync(broken, bytes);
+  const path = join(mnt, 'r.qcow2');
+  const runOn = (tool: (a: string[]) => RunResult): RunResult => {
+    for (const f of readdirSync(mnt)) rmSync(join(mnt, f), { force: true });
+    copyFileSync(broken, path);
+    fill();
+    return tool(['check', '-r', 'all', path]);
+  };
+  const q = runOn(qemuImg);
+  const r = runOn(qimg);
+  assert.equal(r.status, q.status, r.stderr);
+  assert.equal(r.status, 1);
+  assert.equal(asQemu(r.stderr), q.stderr);
+  assert.match(r.stderr, /^qimg: Check failed: No space left on device$/m);
 });

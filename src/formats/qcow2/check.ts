@@ -6,7 +6,8 @@
  * checkQcow2 is one pass (bdrv_check); checkImage is what qemu-img check
  * does with it: repair, then check again without fixing.
  */
-import { ImageError } from '../../errors.js';
+import { ImageError, isImageError } from '../../errors.js';
+import { strerror } from '../../errno.js';
 import type { Storage } from '../../io/storage.js';
 import * as C from './constants.js';
 import { parseHeader, type Qcow2Header } from './header.js';
@@ -340,12 +341,18 @@ export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<
     }
     await storage.flush();
   } catch (e) {
-    if (!(e instanceof CheckFailure)) throw e;
-    failed = e.strerror;
+    // A storage failure (a full or failing disk) stops the check as QEMU's -errno does.
+    if (!(e instanceof CheckFailure) && !isImageError(e, 'io')) throw e;
+    failed = e instanceof CheckFailure ? e.strerror : strerror(e);
     // Closing the image writes cached refcounts back, unless it was marked corrupt.
     if (!st.fatal && st.disk) {
-      await st.disk.flush();
-      await storage.flush();
+      try {
+        await st.disk.flush();
+        await storage.flush();
+      } catch (again) {
+        // The check has failed already; that failure is the one to report.
+        if (!isImageError(again, 'io')) throw again;
+      }
     }
   }
   return { ...st.res, messages, errors: st.errors, messagesDropped: st.dropped, rebuildNeeded, failed };
