@@ -29,6 +29,9 @@ import { checkQcow2 } from '../../src/formats/qcow2/check.js';
 import { checkQedImage } from '../../src/formats/qed/check.js';
 import { parseHeader as parseQedHeader } from '../../src/formats/qed/header.js';
 import { FaultyStorage, type FaultErrno, type FaultPlan } from '../helpers/faulty-storage.js';
+import { bytesImage } from '../helpers/tools.js';
+import { convertImages, ConvertError } from '../../src/ops/convert.js';
+import { imageTarget } from '../../src/cli/img/convert.js';
 
 const SIZE = 512 * 1024;
 
@@ -319,3 +322,44 @@ for (const f of formats) {
     console.log(`# ${f.name}: ${plans.length} fault points over ${total} storage operations`);
   });
 }
+
+test('convert into qcow2 and QED on a disk that fills up: qemu-img\'s error, no hang, a consistent target', { timeout: 300_000 }, async () => {
+  const src = pattern(SIZE, 9);
+  const source = bytesImage(src, 'src.raw');
+  for (const fmt of ['qcow2', 'qed'] as const) {
+    const empty = new MemoryStorage();
+    if (fmt === 'qcow2') await createQcow2(empty, { ...qcow2Options(4096, false), backingFile: undefined, backingFmt: undefined }, { codecs: nodeCodecs });
+    else await createQed(empty, { size: SIZE, clusterSize: 4096, tableSize: 1 });
+    const base = empty.bytes();
+    const count = new FaultyStorage(base);
+    const ok = await openImage(`t.${fmt}`, { host: hostFor(count), writable: true, format: fmt });
+    await convertImages([source], imageTarget(ok), { parallel: 4, chunkSize: 64 * 1024 });
+    const copying = count.ops;
+    await ok.close();
+    for (let at = 0; at < count.ops; at++) {
+      const what = `${fmt}: ENOSPC from op ${at}/${count.ops}`;
+      const storage = new FaultyStorage(base, { at, errno: 'ENOSPC', sticky: true });
+      const img = await openImage(`t.${fmt}`, { host: hostFor(storage), writable: true, format: fmt });
+      const converting = bounded(convertImages([source], imageTarget(img), { parallel: 4, chunkSize: 64 * 1024 }), what);
+      if (at < copying) {
+        await assert.rejects(converting, (e: unknown) => {
+          // A data write names its byte, as qemu-img does; the final flush fails with the bare errno.
+          if (e instanceof ConvertError) assert.match(e.message, /^error while writing at byte \d+: No space left on device$/, what);
+          else assert.ok(isImageError(e, 'io') && e.errno === 'ENOSPC', `${what}: ${String(e)}`);
+          return true;
+        });
+        await bounded(img.close(), `${what}: close`).catch((e: unknown) => assert.ok(isImageError(e, 'io'), `${what}: close: ${String(e)}`));
+      } else {
+        // Only closing is left to fail: it must say so (the CLI turns this into exit 1).
+        await converting;
+        await assert.rejects(bounded(img.close(), `${what}: close`), (e: unknown) => isImageError(e, 'io') && e.errno === 'ENOSPC');
+      }
+      const f = formats.find((x) => x.fmt === fmt)!;
+      const bad = await f.corruptions(storage.bytes());
+      assert.equal(bad, undefined, `${what}: ${bad}`);
+      // What the target holds is the source's data or nothing (zeros), never anything else.
+      const got = await readAll(f, storage.bytes());
+      for (let i = 0; i < SIZE; i++) if (got[i] !== 0 && got[i] !== src[i]) assert.fail(`${what}: byte ${i} reads ${got[i]}`);
+    }
+  }
+});
