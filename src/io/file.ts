@@ -51,6 +51,9 @@ export class FileStorage implements Storage {
   readonly writable: boolean;
   private readonly fh: FileHandle;
   private readonly unsafe: boolean;
+  /** Written to since the last sync began. */
+  private dirty = false;
+  private syncFailure: ImageError | undefined;
 
   private constructor(name: string, fh: FileHandle, writable: boolean, unsafe: boolean) {
     this.name = name;
@@ -102,6 +105,7 @@ export class FileStorage implements Storage {
   }
 
   async write(data: Uint8Array, offset: number): Promise<void> {
+    this.dirty = true;
     let done = 0;
     try {
       while (done < data.length) {
@@ -117,6 +121,7 @@ export class FileStorage implements Storage {
   }
 
   async truncate(size: number): Promise<void> {
+    this.dirty = true;
     try {
       await this.fh.truncate(size);
     } catch (e) {
@@ -124,12 +129,22 @@ export class FileStorage implements Storage {
     }
   }
 
+  /**
+   * As qemu's file driver: no sync when nothing was written since the last
+   * one, and once a sync has failed every later one fails the same way.
+   * After a failed fsync the kernel may have dropped the dirty pages and
+   * report the next fsync as clean, so success would be a lie.
+   */
   async flush(): Promise<void> {
     if (this.unsafe) return;
+    if (this.syncFailure) throw this.syncFailure;
+    if (!this.dirty) return;
+    this.dirty = false;
     try {
       await this.fh.datasync();
     } catch (e) {
-      throw ioError(e);
+      this.syncFailure = ioError(e);
+      throw this.syncFailure;
     }
   }
 
