@@ -27,7 +27,7 @@ before(() => {
   mkdirSync(mnt);
   const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt], { encoding: 'utf8' });
   if (r.error || r.status !== 0) {
-    const why = `cannot mount a tmpfs (needs root): ${r.error?.message ?? r.stderr.trim()}`;
+    const why = `cannot mount a tmpfs (needs root): ${r.error?.message ?? r.stderr.trim().split('\n')[0]}`;
     if (process.env.CI) throw new Error(why);
     unmounted = why;
     return;
