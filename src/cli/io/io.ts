@@ -808,7 +808,10 @@ export async function cmdIo(args: string[]): Promise<number> {
     try {
       await img.close();
     } catch (e) {
-      throw new CliError(`Failed to close '${path}': ${strerror(e)}`, 1, { cause: e });
+      // qcow2 says it in qemu-io's words ("Failed to flush the L2 table cache: ...");
+      // a bare strerror text gets the file's name for context.
+      const msg = messageOf(e);
+      throw new CliError(msg === strerror(e) ? `Failed to close '${path}': ${msg}` : msg, 1, { cause: e });
     }
   }
   return failed ? 1 : 0;
