@@ -2,6 +2,8 @@
  * Typed errors with a stable code. The CLI prints `qimg: <message>` and maps
  * codes to qemu-img's exit codes; library users narrow with isImageError().
  */
+import { errnoOf, strerror } from './errno.js';
+
 export type ImageErrorCode =
   | 'invalid' // the bytes do not form a valid image (bad header, bad table)
   | 'unsupported' // valid, but uses something qimg (or the spec) does not allow here
@@ -17,10 +19,16 @@ export type ImageErrorCode =
 
 export class ImageError extends Error {
   readonly code: ImageErrorCode;
-  constructor(code: ImageErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  /**
+   * For storage failures: the errno name the host reported (ENOSPC, EIO), so
+   * callers can print qemu's strerror text or tell a full disk from a bad one.
+   */
+  readonly errno?: string;
+  constructor(code: ImageErrorCode, message: string, options?: { cause?: unknown; errno?: string }) {
+    super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.name = 'ImageError';
     this.code = code;
+    if (options?.errno !== undefined) this.errno = options.errno;
   }
 }
 
@@ -31,3 +39,15 @@ export function isImageError(e: unknown, ...codes: ImageErrorCode[]): e is Image
 export const invalid = (msg: string): ImageError => new ImageError('invalid', msg);
 export const unsupported = (msg: string): ImageError => new ImageError('unsupported', msg);
 export const corrupt = (msg: string): ImageError => new ImageError('corrupt', msg);
+
+/**
+ * A storage failure as an ImageError: the message is the strerror text
+ * ("No space left on device"), which callers put after their own context
+ * ("error while writing at byte N: ..."), as qemu does. Already-wrapped
+ * errors pass through unchanged.
+ */
+export function ioError(e: unknown): ImageError {
+  if (e instanceof ImageError) return e;
+  const errno = errnoOf(e);
+  return new ImageError('io', strerror(e), { cause: e, errno });
+}

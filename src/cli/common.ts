@@ -5,6 +5,7 @@ import { parseFormatName } from '../block/probe.js';
 import type { ImageFormat } from '../block/driver.js';
 import { UsageError } from './options.js';
 import { toFixedC } from './format.js';
+import { strerror } from '../errno.js';
 
 export const PROG = 'qimg';
 
@@ -27,31 +28,8 @@ export const err = (s: string): void => {
   process.stderr.write(s);
 };
 
-/** strerror() texts for the errno codes Node reports. */
-const STRERROR: Record<string, string> = {
-  ENOENT: 'No such file or directory',
-  EACCES: 'Permission denied',
-  EPERM: 'Operation not permitted',
-  EISDIR: 'Is a directory',
-  ENOTDIR: 'Not a directory',
-  EROFS: 'Read-only file system',
-  ENOSPC: 'No space left on device',
-  ELOOP: 'Too many levels of symbolic links',
-  EEXIST: 'File exists',
-  EIO: 'Input/output error',
-  EINVAL: 'Invalid argument',
-  EFBIG: 'File too large',
-  EMFILE: 'Too many open files',
-  ENAMETOOLONG: 'File name too long',
-  EAGAIN: 'Resource temporarily unavailable',
-  EBADF: 'Bad file descriptor',
-};
-
-export function strerror(e: unknown): string {
-  const code = (e as { code?: unknown } | undefined)?.code;
-  if (typeof code === 'string' && STRERROR[code]) return STRERROR[code];
-  return e instanceof Error ? e.message : String(e);
-}
+/** qemu's strerror() text of an error (one table, in src/errno.ts). */
+export { strerror };
 
 export const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 

@@ -7,8 +7,9 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { imagePermissions, type Permissions } from '../block/perms.js';
-import { ImageError } from '../errors.js';
 import { FileLocks } from './locks.js';
+import { errnoOf, strerror } from '../errno.js';
+import { ImageError, ioError } from '../errors.js';
 import type { Storage } from './storage.js';
 
 /**
@@ -62,6 +63,9 @@ export class FileStorage implements Storage {
   private readonly fh: FileHandle;
   private readonly unsafe: boolean;
   private locks: FileLocks | null | undefined;
+  /** Written to since the last sync began. */
+  private dirty = false;
+  private syncFailure: ImageError | undefined;
 
   private constructor(name: string, fh: FileHandle, writable: boolean, unsafe: boolean) {
     this.name = name;
@@ -98,42 +102,86 @@ export class FileStorage implements Storage {
     this.locks?.set(p);
   }
 
+  // Every failure leaves here as ImageError('io') with the errno and its
+  // strerror text: callers print qemu's "error while writing at byte N: No
+  // space left on device" instead of Node's "ENOSPC: no space left on device, write".
   async size(): Promise<number> {
-    return (await this.fh.stat()).size;
+    try {
+      return (await this.fh.stat()).size;
+    } catch (e) {
+      throw ioError(e);
+    }
   }
 
   // Plain fs.read/fs.write on the descriptor: the FileHandle promise API
   // costs about twice as much per call, and convert makes many calls.
   async read(into: Uint8Array, offset: number): Promise<void> {
     let done = 0;
-    while (done < into.length) {
-      const n = into.length <= SYNC_IO_MAX ? readSync(this.fh.fd, into, done, into.length - done, offset + done) : await pread(this.fh.fd, into, done, into.length - done, offset + done);
-      if (n === 0) {
-        into.fill(0, done);
-        return;
+    try {
+      while (done < into.length) {
+        const n = into.length <= SYNC_IO_MAX ? readSync(this.fh.fd, into, done, into.length - done, offset + done) : await pread(this.fh.fd, into, done, into.length - done, offset + done);
+        if (n === 0) {
+          into.fill(0, done);
+          return;
+        }
+        done += n;
       }
-      done += n;
+    } catch (e) {
+      throw ioError(e);
     }
   }
 
   async write(data: Uint8Array, offset: number): Promise<void> {
+    this.dirty = true;
     let done = 0;
-    while (done < data.length) {
-      done += data.length <= SYNC_IO_MAX ? writeSync(this.fh.fd, data, done, data.length - done, offset + done) : await pwrite(this.fh.fd, data, done, data.length - done, offset + done);
+    try {
+      while (done < data.length) {
+        const n = data.length <= SYNC_IO_MAX ? writeSync(this.fh.fd, data, done, data.length - done, offset + done) : await pwrite(this.fh.fd, data, done, data.length - done, offset + done);
+        // A write that makes no progress would loop forever; qemu's file
+        // driver fails a short write with EINVAL.
+        if (n === 0) throw Object.assign(new Error('short write'), { code: 'EINVAL' });
+        done += n;
+      }
+    } catch (e) {
+      throw ioError(e);
     }
   }
 
   async truncate(size: number): Promise<void> {
-    await this.fh.truncate(size);
+    this.dirty = true;
+    try {
+      await this.fh.truncate(size);
+    } catch (e) {
+      throw ioError(e);
+    }
   }
 
+  /**
+   * As qemu's file driver: no sync when nothing was written since the last
+   * one, and once a sync has failed every later one fails the same way.
+   * After a failed fsync the kernel may have dropped the dirty pages and
+   * report the next fsync as clean, so success would be a lie.
+   */
   async flush(): Promise<void> {
-    if (!this.unsafe) await this.fh.datasync();
+    if (this.unsafe) return;
+    if (this.syncFailure) throw this.syncFailure;
+    if (!this.dirty) return;
+    this.dirty = false;
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      this.syncFailure = ioError(e);
+      throw this.syncFailure;
+    }
   }
 
   // Closing the descriptor releases its locks: they belong to this open file description only.
   async close(): Promise<void> {
-    await this.fh.close();
+    try {
+      await this.fh.close();
+    } catch (e) {
+      throw ioError(e);
+    }
   }
 
   async allocation(offset: number, length: number): Promise<{ data: boolean; length: number }> {
@@ -152,8 +200,11 @@ export class FileStorage implements Storage {
   }
 
   async allocatedSize(): Promise<number | undefined> {
-    const st = await this.fh.stat();
-    return st.blocks * 512;
+    try {
+      return (await this.fh.stat()).blocks * 512;
+    } catch (e) {
+      throw ioError(e);
+    }
   }
 }
 
@@ -171,17 +222,8 @@ function pwrite(fd: number, buf: Uint8Array, at: number, length: number, positio
   return new Promise((resolve, reject) => fsWrite(fd, buf, at, length, position, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
-/** A Node fs error as an ImageError with the strerror-style text qemu prints. */
+/** A failed open as an ImageError with qemu's "Could not open 'X': <strerror>" wording. */
 export function fileError(path: string, e: unknown): ImageError {
-  const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  const text: Record<string, string> = {
-    ENOENT: 'No such file or directory',
-    EACCES: 'Permission denied',
-    EISDIR: 'Is a directory',
-    EROFS: 'Read-only file system',
-    ENOSPC: 'No space left on device',
-    ELOOP: 'Too many levels of symbolic links',
-  };
-  const msg = (code && text[code]) ?? (e instanceof Error ? e.message : String(e));
-  return new ImageError(code === 'ENOENT' ? 'not-found' : 'io', `Could not open '${path}': ${msg}`, { cause: e });
+  const errno = errnoOf(e);
+  return new ImageError(errno === 'ENOENT' ? 'not-found' : 'io', `Could not open '${path}': ${strerror(e)}`, { cause: e, errno });
 }

@@ -7,14 +7,15 @@ import { probeFormat, parseFormatName, PROBE_BYTES } from '../../block/probe.js'
 import type { ImageFormat } from '../../block/driver.js';
 import { imagePermissions } from '../../block/perms.js';
 import { checkImage, imageCheckJson, type CheckReport } from '../../formats/qcow2/check.js';
-import type { CheckCounts } from '../../formats/qcow2/check-refs.js';
+import { emptyCounts, type CheckCounts } from '../../formats/qcow2/check-refs.js';
+import { isImageError } from '../../errors.js';
 import { checkQedImage } from '../../formats/qed/check.js';
 import { ImageError } from '../../errors.js';
 import { openImageFile } from '../../node.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
-import { CliError, err, messageOf, out, outputFormat, probedRawWarning, PROG, validCache } from '../common.js';
+import { CliError, err, messageOf, out, outputFormat, probedRawWarning, PROG, strerror, validCache } from '../common.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -113,7 +114,10 @@ export async function cmdCheck(args: string[]): Promise<number> {
       await filesItNamesOpen(path, fmt);
       r = fmt === 'qcow2' ? await qcow2Outcome(storage, fix) : await qedOutcome(storage, fix);
     } catch (e) {
-      throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
+      // The storage failed (or memory ran out) during the scan or a repair:
+      // QEMU's bdrv_check returns -errno and qemu-img says "Check failed: <strerror>".
+      if (!isImageError(e, 'io')) throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
+      r = { counts: emptyCounts(), messages: [], errors: [], failed: strerror(e), exitCode: 1 };
     }
     for (const m of r.messages) err(`${m}\n`);
     for (const e of r.errors) err(`${PROG}: ${e}\n`);

@@ -278,6 +278,16 @@ export async function cmdConvert(args: string[]): Promise<number> {
     } catch (e) {
       throw new CliError(e instanceof ConvertError ? e.message : `error while converting: ${messageOf(e)}`, 1, { cause: e });
     }
+    // Closed here rather than in `finally`, whose errors are dropped: closing
+    // writes the last metadata (and syncs unless cache=unsafe), so a failure
+    // now means the output is incomplete and must not end in exit code 0.
+    const closing = image ?? storage;
+    image = storage = undefined;
+    try {
+      await closing?.close();
+    } catch (e) {
+      throw new CliError(`error while converting: ${messageOf(e)}`, 1, { cause: e });
+    }
     meter.print(100, 0);
   } finally {
     meter.end();

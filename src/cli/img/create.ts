@@ -206,8 +206,14 @@ async function createRaw(filename: string, bag: OptionBag, size: number): Promis
     } else {
       // Node has no fallocate(): both modes allocate by writing zeros.
       const zeros = new Uint8Array(Math.min(ZERO_CHUNK, total));
-      for (let p = 0; p < total; p += zeros.length) await st.write(zeros.subarray(0, Math.min(zeros.length, total - p)), p);
-      await st.flush();
+      try {
+        for (let p = 0; p < total; p += zeros.length) await st.write(zeros.subarray(0, Math.min(zeros.length, total - p)), p);
+        await st.flush();
+      } catch (e) {
+        // file-posix's words for the two modes.
+        const what = prealloc === 'full' ? 'Could not write zeros for preallocation' : 'Could not preallocate data for the new file';
+        throw new CreateError(`${what}: ${strerror(e)}`);
+      }
     }
   } finally {
     await st.close();

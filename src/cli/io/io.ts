@@ -239,7 +239,7 @@ const readCmd: Command = {
     try {
       if (count > 0) await img.read(offset, buf);
     } catch (e) {
-      out(`read failed: ${messageOf(e)}\n`);
+      out(`read failed: ${errnoText(e)}\n`);
       return -5;
     }
     const seconds = (performance.now() - t1) / 1000;
@@ -376,6 +376,8 @@ const infoCmd: Command = {
 
 /** strerror() of a failed request: the block layer's errors carry errno-like meanings. */
 function errnoText(e: unknown): string {
+  // A host failure carries its own errno (ENOSPC: "No space left on device").
+  if (isImageError(e, 'io') && e.errno !== undefined) return strerror(e);
   const msg = messageOf(e);
   if (KNOWN_ERRNO_TEXT.has(msg)) return msg;
   if (isImageError(e, 'unsupported')) return 'Operation not supported';
@@ -822,7 +824,16 @@ export async function cmdIo(args: string[]): Promise<number> {
       if (r < 0) failed = true;
     }
   } finally {
-    await img.close();
+    // Closing writes the last metadata; a failure there is the user's data
+    // not reaching the disk, so it is reported (one line) and fails the run.
+    try {
+      await img.close();
+    } catch (e) {
+      // qcow2 says it in qemu-io's words ("Failed to flush the L2 table cache: ...");
+      // a bare strerror text gets the file's name for context.
+      const msg = messageOf(e);
+      throw new CliError(msg === strerror(e) ? `Failed to close '${path}': ${msg}` : msg, 1, { cause: e });
+    }
   }
   return failed ? 1 : 0;
 }

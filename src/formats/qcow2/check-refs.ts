@@ -17,6 +17,10 @@ import { clusterType, Cluster } from './l2.js';
 import { entryAt } from './refcount.js';
 import { setEntryAt } from './refcounts.js';
 import { cString, hexAlt } from './text.js';
+import { CheckFailure } from './check-failure.js';
+import { DEFAULT_REFCOUNT_MEMORY, RefcountArray } from './refcount-array.js';
+
+export { CheckFailure, RefcountArray };
 
 const TWO_32 = 0x1_0000_0000;
 const MAX_MESSAGES = 100_000;
@@ -50,13 +54,6 @@ export const emptyCounts = (): CheckCounts => ({
 
 export type FixMode = 'none' | 'leaks' | 'all';
 
-/** An errno-style failure: the check stops and qemu-img prints "Check failed: <text>". */
-export class CheckFailure extends Error {
-  constructor(readonly strerror: string) {
-    super(strerror);
-  }
-}
-
 /** Lower-case hex of a u64 given as two 32-bit words, as printf("%" PRIx64). */
 export function hex64(hi: number, lo: number): string {
   if (hi === 0) return (lo >>> 0).toString(16);
@@ -65,70 +62,6 @@ export function hex64(hi: number, lo: number): string {
 
 /** printf("%" PRIx64) of a number (offsets the check computed). */
 export const hexN = (v: number): string => v.toString(16);
-
-/**
- * Refcounts per host cluster, one entry per cluster of the image file,
- * in the image's refcount width (so overflow happens where QEMU's does).
- */
-export class RefcountArray {
-  private data: Uint8Array | Uint16Array | Uint32Array | Float64Array;
-  /** Number of clusters covered (QEMU's nb_clusters). */
-  size: number;
-  readonly max: number;
-
-  constructor(
-    readonly order: number,
-    size: number,
-  ) {
-    this.max = order === 6 ? Number.MAX_SAFE_INTEGER : 2 ** 2 ** order - 1;
-    this.size = size;
-    this.data = this.alloc(Math.max(size, 1));
-  }
-
-  private alloc(n: number): Uint8Array | Uint16Array | Uint32Array | Float64Array {
-    if (this.order <= 3) return new Uint8Array(n);
-    if (this.order === 4) return new Uint16Array(n);
-    if (this.order === 5) return new Uint32Array(n);
-    return new Float64Array(n);
-  }
-
-  get(k: number): number {
-    return k < this.size ? this.data[k]! : 0;
-  }
-
-  set(k: number, v: number): void {
-    if (k >= this.size) this.resize(k + 1);
-    this.data[k] = v;
-  }
-
-  /** realloc_refcount_array: new entries are zero. */
-  resize(n: number): void {
-    if (n > this.data.length) {
-      const next = this.alloc(Math.max(n, Math.ceil(this.data.length * 1.5)));
-      next.set(this.data.subarray(0, this.size));
-      this.data = next;
-    } else if (n < this.size) {
-      this.data.fill(0, n, this.size);
-    }
-    this.size = n;
-  }
-
-  clear(): void {
-    this.data.fill(0);
-  }
-
-  /** Refcount block `bi` as it would be stored on disk. */
-  encodeBlock(bi: number, clusterSize: number, perBlock: number): Uint8Array {
-    const out = new Uint8Array(clusterSize);
-    const start = bi * perBlock;
-    const end = Math.min(this.size, start + perBlock);
-    for (let k = start; k < end; k++) {
-      const v = this.data[k]!;
-      if (v !== 0) setEntryAt(out, k - start, this.order, v);
-    }
-    return out;
-  }
-}
 
 /** The refcount table and blocks as stored in the image (qcow2_get_refcount). */
 export class DiskRefcounts {
@@ -251,6 +184,8 @@ export class CheckState {
   readonly messages: string[];
   fileSize = 0;
   refs!: RefcountArray;
+  /** Cap on the computed refcounts' memory (CheckOptions.refcountMemoryLimit). */
+  memoryLimit = DEFAULT_REFCOUNT_MEMORY;
   disk!: DiskRefcounts;
   snapshots: SnapshotRef[] = [];
   snapshotsSize = 0;
@@ -399,7 +334,13 @@ export class CheckState {
         this.res.corruptions++;
         continue;
       }
-      this.refs.set(k, r + 1);
+      try {
+        this.refs.set(k, r + 1);
+      } catch (e) {
+        // Out of memory for the refcounts: QEMU counts a check error and stops.
+        if (e instanceof CheckFailure) this.res.checkErrors++;
+        throw e;
+      }
     }
   }
 }

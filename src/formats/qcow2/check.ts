@@ -6,7 +6,8 @@
  * checkQcow2 is one pass (bdrv_check); checkImage is what qemu-img check
  * does with it: repair, then check again without fixing.
  */
-import { ImageError } from '../../errors.js';
+import { ImageError, isImageError } from '../../errors.js';
+import { strerror } from '../../errno.js';
 import type { Storage } from '../../io/storage.js';
 import * as C from './constants.js';
 import { parseHeader, type Qcow2Header } from './header.js';
@@ -44,6 +45,13 @@ export interface CheckReport extends CheckCounts {
 
 export interface CheckOptions {
   fix: FixMode;
+  /**
+   * Most bytes the computed refcounts may take (default 1 GiB). Memory
+   * follows the clusters the image references, not the file's length; an
+   * image that needs more fails the check with "Cannot allocate memory",
+   * as QEMU's does when its allocation fails.
+   */
+  refcountMemoryLimit?: number;
 }
 
 const TWO_32 = 0x1_0000_0000;
@@ -110,8 +118,17 @@ async function compareRefcounts(st: CheckState, fix: FixMode): Promise<{ highest
   let highest = 0;
   let rebuild = false;
   const n = st.refs.size;
-  for (let start = 0; start < n; start += per) {
-    const bi = start / per;
+  // Only blocks with a stored refcount block or a computed reference can
+  // differ; the holes of a sparse multi-TiB file are skipped, not walked.
+  let nextDisk = 0;
+  const nextBlock = (from: number): number => {
+    if (nextDisk < from) nextDisk = from;
+    while (nextDisk < st.disk.entries && st.disk.blockOffset(nextDisk) === 0) nextDisk++;
+    const disk = nextDisk < st.disk.entries ? nextDisk : Infinity;
+    return Math.min(disk, Math.floor(st.refs.nextPossiblyUsed(from * per) / per));
+  };
+  for (let bi = nextBlock(0); bi * per < n; bi = nextBlock(bi + 1)) {
+    const start = bi * per;
     let block: Uint8Array | null = null;
     let broken = false;
     try {
@@ -239,7 +256,7 @@ async function checkRefcounts(st: CheckState, fix: FixMode): Promise<boolean> {
     throw new CheckFailure('File too large');
   }
   st.res.totalClusters = st.clustersOf(h.size - (h.size % C.SECTOR_SIZE));
-  st.refs = new RefcountArray(h.refcountOrder, nbClusters);
+  st.refs = new RefcountArray(h.refcountOrder, nbClusters, st.memoryLimit);
   st.disk = await DiskRefcounts.load(st, h.refcountTableOffset, h.refcountTableClusters);
   st.l1 = await st.readTable(h.l1TableOffset, h.l1Size * C.L1_ENTRY_SIZE);
 
@@ -311,6 +328,7 @@ export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<
   const messages: string[] = [];
   const st = new CheckState(storage, header, messages);
   st.fix = fix;
+  if (opts.refcountMemoryLimit !== undefined) st.memoryLimit = opts.refcountMemoryLimit;
   let rebuildNeeded = false;
   let failed: string | undefined;
   try {
@@ -325,12 +343,18 @@ export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<
     }
     await storage.flush();
   } catch (e) {
-    if (!(e instanceof CheckFailure)) throw e;
-    failed = e.strerror;
+    // A storage failure (a full or failing disk) stops the check as QEMU's -errno does.
+    if (!(e instanceof CheckFailure) && !isImageError(e, 'io')) throw e;
+    failed = e instanceof CheckFailure ? e.strerror : strerror(e);
     // Closing the image writes cached refcounts back, unless it was marked corrupt.
     if (!st.fatal && st.disk) {
-      await st.disk.flush();
-      await storage.flush();
+      try {
+        await st.disk.flush();
+        await storage.flush();
+      } catch (again) {
+        // The check has failed already; that failure is the one to report.
+        if (!isImageError(again, 'io')) throw again;
+      }
     }
   }
   return { ...st.res, messages, errors: st.errors, messagesDropped: st.dropped, rebuildNeeded, failed };

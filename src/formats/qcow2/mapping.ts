@@ -174,10 +174,14 @@ export class L2Mapper {
     this.evict();
   }
 
-  /** Write every dirty L1 entry, coalesced into runs (no sync). */
+  /**
+   * Write every dirty L1 entry, coalesced into runs (no sync). An entry
+   * stays dirty until its write succeeded: after a failed write the next
+   * flush writes it again, or the L2 table it points at (and the data
+   * behind it) would never become reachable although a later flush succeeds.
+   */
   async writeDirtyL1(l1Offset: number): Promise<void> {
     const idx = [...this.dirtyL1].sort((a, b) => a - b);
-    this.dirtyL1.clear();
     for (let k = 0; k < idx.length; ) {
       let e = k;
       while (e + 1 < idx.length && idx[e + 1] === idx[e]! + 1) e++;
@@ -185,6 +189,7 @@ export class L2Mapper {
       const n = idx[e]! - first + 1;
       const bytes = this.cfg.l1.subarray(first * C.L1_ENTRY_SIZE, (first + n) * C.L1_ENTRY_SIZE);
       await this.cfg.storage.write(bytes, l1Offset + first * C.L1_ENTRY_SIZE);
+      for (let j = k; j <= e; j++) this.dirtyL1.delete(idx[j]!);
       k = e + 1;
     }
   }

@@ -369,7 +369,14 @@ export class Qcow2Driver implements FormatDriver {
 
   async close(): Promise<void> {
     try {
-      await this.writer?.close();
+      try {
+        await this.writer?.close();
+      } catch (e) {
+        // qemu's words when closing cannot write the cached metadata back
+        // (its L2 cache flush writes the refcounts first, so it names that cache).
+        if (!isImageError(e, 'io')) throw e;
+        throw new ImageError('io', `Failed to flush the L2 table cache: ${e.message}`, { cause: e, errno: e.errno });
+      }
       if (this.parts.ownsDataStorage) await this.parts.dataStorage?.close();
     } finally {
       await this.storage.close();

@@ -5,6 +5,7 @@
  * then a new refcount table; the header is switched last, so a crash
  * leaves the old structure in place.
  */
+import { isImageError } from '../../errors.js';
 import * as C from './constants.js';
 import { CheckFailure, DiskRefcounts, type CheckState } from './check-refs.js';
 
@@ -31,13 +32,19 @@ function allocClusters(st: CheckState, count: number, from: { v: number }): numb
   return cluster * st.clusterSize;
 }
 
-/** A failed write ends the rebuild with QEMU's error line. */
+/**
+ * A failed overlap check or write ends the rebuild with QEMU's error line;
+ * a storage failure (a full disk) becomes the check's failure with its
+ * strerror text, as QEMU's -errno does.
+ */
 async function guarded(st: CheckState, what: string, f: () => Promise<void>): Promise<void> {
   try {
     await f();
   } catch (e) {
-    if (e instanceof CheckFailure) st.errors.push(`${what}: ${e.strerror}`);
-    throw e;
+    const failure = e instanceof CheckFailure ? e : isImageError(e, 'io') ? new CheckFailure(e.message) : undefined;
+    if (!failure) throw e;
+    st.errors.push(`${what}: ${failure.strerror}`);
+    throw failure;
   }
 }
 
@@ -56,6 +63,9 @@ export async function rebuildRefcountStructure(st: CheckState): Promise<void> {
     const from = { v: 0 };
     let grown = false;
     for (let cluster = first; cluster < end; cluster++) {
+      // Holes of a sparse file are skipped a page at a time, not walked.
+      cluster = st.refs.nextPossiblyUsed(cluster);
+      if (cluster >= end) break;
       if (st.refs.get(cluster) === 0) continue;
       const bi = Math.floor(cluster / per);
       const start = bi * per;
@@ -73,8 +83,10 @@ export async function rebuildRefcountStructure(st: CheckState): Promise<void> {
         }
         table[bi] = offset;
       }
-      await guarded(st, 'ERROR writing refblock', () => st.overlapCheck(offset, cs));
-      await st.storage.write(st.refs.encodeBlock(bi, cs, per), offset);
+      await guarded(st, 'ERROR writing refblock', async () => {
+        await st.overlapCheck(offset, cs);
+        await st.storage.write(st.refs.encodeBlock(bi, cs, per), offset);
+      });
       cluster = start + per - 1;
     }
     return grown;
@@ -104,17 +116,21 @@ export async function rebuildRefcountStructure(st: CheckState): Promise<void> {
     v.setUint32(8 * i, Math.floor(off / 0x1_0000_0000), false);
     v.setUint32(8 * i + 4, off >>> 0, false);
   });
-  await guarded(st, 'ERROR writing reftable', () => st.overlapCheck(tableOffset, bytes.length));
-  await st.storage.write(bytes, tableOffset);
-  await st.storage.flush();
+  await guarded(st, 'ERROR writing reftable', async () => {
+    await st.overlapCheck(tableOffset, bytes.length);
+    await st.storage.write(bytes, tableOffset);
+    await st.storage.flush();
+  });
   // Switch the header to the new table: offset (u64) and clusters (u32) at byte 48.
   const ptr = new Uint8Array(12);
   const pv = new DataView(ptr.buffer);
   pv.setUint32(0, Math.floor(tableOffset / 0x1_0000_0000), false);
   pv.setUint32(4, tableOffset >>> 0, false);
   pv.setUint32(8, tableClusters, false);
-  await st.storage.write(ptr, 48);
-  await st.storage.flush();
+  await guarded(st, 'ERROR setting reftable', async () => {
+    await st.storage.write(ptr, 48);
+    await st.storage.flush();
+  });
 
   st.header.refcountTableOffset = tableOffset;
   st.header.refcountTableClusters = tableClusters;

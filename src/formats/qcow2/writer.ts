@@ -90,7 +90,12 @@ export class Qcow2Writer {
     const end = offset + data.length;
     await this.ranges.run(alignDown(offset, cs), alignUp(end, cs), async () => {
       const plans = await this.meta.run(() => this.plan(offset, end));
-      await this.writeSpans(plans, offset, data);
+      try {
+        await this.writeSpans(plans, offset, data);
+      } catch (e) {
+        await this.meta.run(() => this.abortAllocations(plans)).catch(() => {});
+        throw e;
+      }
       await this.meta.run(() => this.commit(plans));
     });
   }
@@ -174,6 +179,18 @@ export class Qcow2Writer {
       await this.cfg.data.write(buf, hostStart);
       i = j + 1;
     }
+  }
+
+  /**
+   * The data write failed, so no L2 entry will point at the clusters
+   * allocated for it: their refcounts drop back at once (QEMU's
+   * qcow2_alloc_cluster_abort), instead of leaking, for a full disk, the
+   * very space the user needs back. Nothing on disk references them, so
+   * they need no deferred free.
+   */
+  private async abortAllocations(plans: ClusterPlan[]): Promise<void> {
+    if (this.cfg.hasDataFile) return;
+    for (const p of plans) if (p.fresh) await this.cfg.refcounts.update(p.host, this.clusterSize, -1);
   }
 
   /** Point the L2 entries at the written clusters; release what they replaced. */
@@ -517,6 +534,16 @@ export class Qcow2Writer {
       const host = await this.cfg.refcounts.allocate(1);
       const fresh = new Uint8Array(this.clusterSize);
       if (t) fresh.set(new Uint8Array(t.buffer, t.byteOffset, this.clusterSize));
+      // Written now, though nothing points at it yet: the space is taken
+      // while the data is, so on a filling disk the flush that hooks the
+      // table in overwrites it in place instead of failing and leaving all
+      // the data behind it unreachable (QEMU writes new tables at once too).
+      try {
+        await this.cfg.storage.write(fresh, host);
+      } catch (e) {
+        await this.cfg.refcounts.update(host, this.clusterSize, -1);
+        throw e;
+      }
       const oldTable = entryOffset(l1.hi, l1.lo);
       const view = new DataView(fresh.buffer);
       mapper.installTable(i, view);

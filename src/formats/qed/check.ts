@@ -5,6 +5,7 @@
  * the storage (references twice over are counted, not fixed). Clusters past
  * the header that nothing references are leaks: harmless, never fixed.
  */
+import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { ENTRY_BYTES, TABLE_CHUNK_BYTES } from './constants.js';
 import type { QedHeader } from './header.js';
@@ -29,38 +30,71 @@ export interface QedCheckReport {
   invalid: Array<[number, number]>;
 }
 
-/** Marks clusters referenced; answers whether any was already marked. */
-class ClusterBitmap {
-  private readonly bits: Uint8Array;
-  constructor(readonly clusters: number) {
-    this.bits = new Uint8Array(Math.ceil(clusters / 8));
+/** Bits per page of the bitmap: small, so scattered references cannot amplify memory much. */
+const PAGE_BITS = 4096;
+
+/** Default cap on the bitmap's memory (1 GiB marks 2^33 clusters). */
+export const DEFAULT_QED_CHECK_MEMORY = 1 << 30;
+
+/** The bitmap would pass its memory cap (QEMU: allocating used_clusters failed, ENOMEM). */
+export class QedCheckMemoryError extends ImageError {
+  constructor() {
+    super('io', 'Cannot allocate memory', { errno: 'ENOMEM' });
   }
+}
+
+/**
+ * Marks clusters referenced; answers whether any was already marked.
+ * Pages are allocated on first mark, so a file sparse-extended to tens of
+ * TiB costs memory only for the clusters its tables really reference.
+ */
+class ClusterBitmap {
+  private readonly pages: (Uint8Array | undefined)[] = [];
+  private used = 0;
+  /** Distinct clusters marked. */
+  marked = 0;
+  constructor(
+    readonly clusters: number,
+    private readonly memoryLimit: number,
+  ) {}
   /** Mark `n` clusters from `first`; returns how many were already marked. */
   mark(first: number, n: number): number {
     let again = 0;
-    for (let c = first; c < first + n; c++) {
-      if (c >= this.clusters) continue;
-      const m = 1 << (c & 7);
-      if (this.bits[c >> 3]! & m) again++;
-      this.bits[c >> 3]! |= m;
+    for (let c = first; c < Math.min(first + n, this.clusters); c++) {
+      const p = Math.floor(c / PAGE_BITS);
+      let page = this.pages[p];
+      if (!page) {
+        this.used += PAGE_BITS / 8;
+        if (this.used > this.memoryLimit) throw new QedCheckMemoryError();
+        page = this.pages[p] = new Uint8Array(PAGE_BITS / 8);
+      }
+      const bit = c - p * PAGE_BITS;
+      const m = 1 << (bit & 7);
+      if (page[bit >> 3]! & m) again++;
+      else this.marked++;
+      page[bit >> 3]! |= m;
     }
     return again;
   }
   isMarked(c: number): boolean {
-    return (this.bits[c >> 3]! & (1 << (c & 7))) !== 0;
+    const p = Math.floor(c / PAGE_BITS);
+    const page = this.pages[p];
+    const bit = c - p * PAGE_BITS;
+    return page !== undefined && (page[bit >> 3]! & (1 << (bit & 7))) !== 0;
   }
 }
 
 /**
  * Scan the image. `geometry.fileSize` must be the current file length (in
- * QEMU's terms). Reads tables a piece at a time, so memory is bounded by
- * one bit per cluster of the file.
+ * QEMU's terms). Reads tables a piece at a time; memory is one bit per
+ * referenced cluster (in pages), capped by `memoryLimit`: past it the scan
+ * throws QedCheckMemoryError.
  */
 export async function checkQedImage(
   storage: Storage,
   header: QedHeader,
   geometry: QedGeometry,
-  opts: { fix: boolean },
+  opts: { fix: boolean; memoryLimit?: number },
 ): Promise<QedCheckReport> {
   const g = geometry;
   const cs = g.clusterSize;
@@ -74,7 +108,7 @@ export async function checkQedImage(
     totalClusters: Math.ceil(header.imageSize / cs),
     invalid: [],
   };
-  const used = new ClusterBitmap(g.fileSize / cs);
+  const used = new ClusterBitmap(g.fileSize / cs, opts.memoryLimit ?? DEFAULT_QED_CHECK_MEMORY);
   report.corruptions += used.mark(header.l1TableOffset / cs, g.tableSize);
 
   const invalidEntry = async (entryOffset: number, value: number): Promise<void> => {
@@ -106,15 +140,19 @@ export async function checkQedImage(
         if (!isValidClusterOffset(g, offset)) return invalidEntry(l2Pos, offset);
         report.corruptions += used.mark(offset / cs, 1);
       });
-    } catch {
+    } catch (e) {
+      if (e instanceof QedCheckMemoryError) throw e;
       report.checkErrors++;
       l2Failed = true;
     }
   });
 
   // Leaks only mean something once every table was read.
+  // Counted, not walked: a sparse file's holes are billions of clusters.
   if (!l2Failed) {
-    for (let c = header.headerSize; c < used.clusters; c++) if (!used.isMarked(c)) report.leaks++;
+    let below = 0;
+    for (let c = 0; c < Math.min(header.headerSize, used.clusters); c++) if (used.isMarked(c)) below++;
+    report.leaks = Math.max(0, Math.ceil(used.clusters) - header.headerSize) - (used.marked - below);
   }
   return report;
 }
