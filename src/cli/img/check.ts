@@ -12,7 +12,8 @@ import { checkQedImage } from '../../formats/qed/check.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
-import { CliError, err, messageOf, out, outputFormat, PROG, validCache } from '../common.js';
+import { type CacheMode, dropsFlushes, parseCacheMode } from '../../io/cache.js';
+import { CliError, err, messageOf, out, outputFormat, PROG } from '../common.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -25,7 +26,8 @@ Check an image for consistency; with -r, repair it.
   -r, --repair=leaks|all repair leaked clusters only, or all errors
   -q, --quiet            print nothing on success
   -U, --force-share      check even while another process writes the image (not with -r)
-  -T                     accepted for compatibility (source cache)
+  -T CACHE               cache mode (default writeback); with -r, unsafe skips the
+                         flushes of the repairs
 `;
 
 interface Outcome {
@@ -53,6 +55,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
   let fix: 'none' | 'leaks' | 'all' = 'none';
   let output: 'human' | 'json' = 'human';
   let quiet = false;
+  // qemu-img check's default cache mode; it only matters when -r writes.
+  let cache: CacheMode = 'writeback';
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -69,9 +73,12 @@ export async function cmdCheck(args: string[]): Promise<number> {
       case 'output':
         output = outputFormat(v);
         break;
-      case 'T':
-        if (!validCache(v)) throw new CliError(`Invalid source cache option: ${v}`);
+      case 'T': {
+        const m = parseCacheMode(v);
+        if (m === undefined) throw new CliError(`Invalid source cache option: ${v}`);
+        cache = m;
         break;
+      }
       case 'q':
         quiet = true;
         break;
@@ -89,7 +96,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
   if (forceShare && fix !== 'none') throw new CliError(`Could not open '${path}': force-share=on can only be used with read-only images`);
   let storage: Storage;
   try {
-    storage = await FileStorage.open(path, { writable: fix !== 'none' });
+    // Repairs flush as they go (and as qemu's driver does); cache=unsafe drops those flushes as qemu does.
+    storage = await FileStorage.open(path, { writable: fix !== 'none', unsafe: dropsFlushes(cache) });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
   }
