@@ -238,3 +238,12 @@ test('cache modes: "off" is qemu\'s old name of "none"; unknown modes are refuse
   assert.equal(parseCacheMode('writethrough'), 'writethrough');
   assert.equal(parseCacheMode('bogus'), undefined);
 });
+
+test('convert -O raw honours -o preallocation (it used to be checked and dropped)', () => {
+  qimg(['create', '-q', '-f', 'qcow2', 'empty.qcow2', '4M'], opts);
+  const r = qimg(['convert', '-O', 'raw', '-o', 'preallocation=full', 'empty.qcow2', 'full.raw'], opts);
+  assert.equal(r.status, 0, r.stderr);
+  const du = spawnSync('du', ['-k', 'full.raw'], { cwd: dir, encoding: 'utf8' });
+  assert.ok(Number(du.stdout.split('\t')[0]) >= 4096, `allocated: ${du.stdout}`);
+  refused(['convert', '-O', 'raw', '-o', 'preallocation=metadata', 'empty.qcow2', 'meta.raw'], 'qimg: meta.raw: error while converting raw: Unsupported preallocation mode: metadata\n');
+});

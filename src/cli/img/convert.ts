@@ -1,8 +1,7 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
 import { availableParallelism } from 'node:os';
 import type { Image } from '../../block/image.js';
-import { CREATE_PERMISSIONS, imagePermissions } from '../../block/perms.js';
-import { isImageError } from '../../errors.js';
+import { imagePermissions } from '../../block/perms.js';
 import { parseFormatName } from '../../block/probe.js';
 import { openImageFile } from '../../node.js';
 import { FileStorage } from '../../io/file.js';
@@ -11,7 +10,7 @@ import { convertImages, ConvertError, totalSize, type ConvertTarget } from '../.
 import { dropsFlushes, flushesEachWrite, parseCacheMode } from '../../io/cache.js';
 import { rateLimited } from '../../ops/ratelimit.js';
 import { writethroughTarget } from '../../ops/writethrough.js';
-import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress, strerror } from '../common.js';
+import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
 import { getopt, parseSize } from '../options.js';
 import { accumulate, createFormatted, CreateError, hasHelpOption, optionHelp, parseCreateOptions } from './create.js';
 
@@ -31,12 +30,12 @@ Copy one or more images (concatenated) into a new image.
   -m, --parallel=N         requests in flight, 1..16 (default 8)
   -W, --oob-writes         allow out-of-order writes (default: writes in image order)
   -r, --rate-limit=RATE    limit writes to RATE bytes per second
-  -C                       try copy offloading (qimg always copies normally, as qemu
+  -C, --copy-range-offloading  try copy offloading (qimg always copies normally, as qemu
                            does where offloading is not possible)
   --salvage                read unreadable sectors as zeros, with a warning each
-  -t CACHE                 output cache mode (default unsafe: no flush; writethrough,
+  -t, --target-cache=CACHE output cache mode (default unsafe: no flush; writethrough,
                            directsync: flush after every write; none, writeback: flush at the end)
-  -T CACHE                 source cache mode (the sources are only read)
+  -T, --source-cache=CACHE source cache mode (the sources are only read)
   -p, --progress           show progress
   -q, --quiet              print nothing
   -U, --force-share        read the sources even while another process writes them
@@ -92,6 +91,13 @@ export async function cmdConvert(args: string[]): Promise<number> {
     { name: 'parallel', arg: 'required', key: 'm' },
     { name: 'progress', arg: 'none', key: 'p' },
     { name: 'quiet', arg: 'none', key: 'q' },
+    // Long names newer qemu-img gives these short options.
+    { name: 'source-cache', arg: 'required', key: 'T' },
+    { name: 'target-cache', arg: 'required', key: 't' },
+    { name: 'rate-limit', arg: 'required', key: 'r' },
+    { name: 'oob-writes', arg: 'none', key: 'W' },
+    { name: 'copy-range-offloading', arg: 'none', key: 'C' },
+    { name: 'snapshot', arg: 'required', key: 'l' },
   ]);
   let srcFmt: string | undefined;
   let outFmt = 'raw';
@@ -269,7 +275,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
     if (cacheMode === undefined) throw new CliError(`Invalid cache option: ${cache}`);
     const targetUnsafe = dropsFlushes(cacheMode);
 
-    if (!noCreate && isImageFmt) {
+    // Raw outputs too: -o preallocation (off, falloc, full) must take effect.
+    if (!noCreate) {
       try {
         await createFormatted({ filename: outPath, fmt: outFmt, bag, size: total, printLine: false });
       } catch (e) {
@@ -288,23 +295,15 @@ export async function cmdConvert(args: string[]): Promise<number> {
       if (noCreate && image.size < total) throw new CliError('output file is smaller than input file');
       target = imageTarget(image);
       if (compress) clusterSize = (await image.info())['cluster-size'];
-    } else if (noCreate) {
+    } else {
       try {
         storage = await FileStorage.open(outPath, { writable: true, unsafe: targetUnsafe, permissions: imagePermissions('raw', { writable: true }) });
       } catch (e) {
         throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
       }
-      const outSize = Math.ceil((await storage.size()) / SECTOR) * SECTOR;
-      if (outSize < total) throw new CliError('output file is smaller than input file');
-      target = storageTarget(storage);
-    } else {
-      try {
-        storage = await FileStorage.open(outPath, { writable: true, create: true, truncate: true, unsafe: targetUnsafe, permissions: CREATE_PERMISSIONS });
-        await storage.truncate(total);
-        await storage.setPermissions?.(imagePermissions('raw', { writable: true }));
-      } catch (e) {
-        if (isImageError(e, 'locked')) throw new CliError(`${outPath}: error while converting ${outFmt}: ${e.message}`, 1, { cause: e });
-        throw new CliError(`${outPath}: error while converting ${outFmt}: Could not create '${outPath}': ${strerror((e as { cause?: unknown }).cause ?? e)}`, 1, { cause: e });
+      if (noCreate) {
+        const outSize = Math.ceil((await storage.size()) / SECTOR) * SECTOR;
+        if (outSize < total) throw new CliError('output file is smaller than input file');
       }
       target = storageTarget(storage);
     }
