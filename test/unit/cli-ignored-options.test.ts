@@ -247,3 +247,31 @@ test('convert -O raw honours -o preallocation (it used to be checked and dropped
   assert.ok(Number(du.stdout.split('\t')[0]) >= 4096, `allocated: ${du.stdout}`);
   refused(['convert', '-O', 'raw', '-o', 'preallocation=metadata', 'empty.qcow2', 'meta.raw'], 'qimg: meta.raw: error while converting raw: Unsupported preallocation mode: metadata\n');
 });
+
+test('convert --salvage on a damaged compressed cluster prints what qemu-img prints and copies the rest', (t) => {
+  if (!haveTools()) return t.skip('qemu-img is not installed');
+  const half = random(65536, 11);
+  writeFileSync(join(dir, 'c.raw'), Buffer.concat([half, Buffer.alloc(65536, 0x41)]));
+  assert.equal(qemuImg(['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', 'c.raw', 'c.qcow2'], opts).status, 0);
+  // Damage the start of the second cluster's compressed data: L1[0] -> L2 table -> entry 1 (64 KiB clusters).
+  const f = readFileSync(join(dir, 'c.qcow2'));
+  const l2 = Number(f.readBigUInt64BE(Number(f.readBigUInt64BE(40))) & 0x00fffffffffffe00n);
+  const host = Number(f.readBigUInt64BE(l2 + 8) & ((1n << 54n) - 1n));
+  f.fill(0xff, host, host + 8);
+  writeFileSync(join(dir, 'c.qcow2'), f);
+  const q = qemuImg(['convert', '--salvage', '-O', 'raw', 'c.qcow2', 'sq.raw'], opts);
+  const i = qimg(['convert', '--salvage', '-O', 'raw', 'c.qcow2', 'si.raw'], opts);
+  assert.equal(i.status, q.status);
+  assert.equal(asQemu(i.stderr), q.stderr);
+  assert.equal(i.stderr.split('\n').length - 1, 128);
+  assert.deepEqual(readFileSync(join(dir, 'si.raw')), readFileSync(join(dir, 'sq.raw')));
+  // Without --salvage the same damage ends the conversion.
+  const plain = qimg(['convert', '-O', 'raw', 'c.qcow2', 'sp.raw'], opts);
+  assert.equal(plain.status, 1);
+  assert.match(plain.stderr, /^qimg: error while reading at byte \d+: Input\/output error\n$/);
+});
+
+test('check validates -T after the file name, as qemu-img does', () => {
+  refused(['check', '-T', 'bogus'], "qimg: Expecting one image file name\nTry 'qimg --help' for more information\n");
+  refused(['check', '-T', 'bogus', 'a.qcow2'], 'qimg: Invalid source cache option: bogus\n');
+});

@@ -12,7 +12,7 @@ import { checkQedImage } from '../../formats/qed/check.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
-import { type CacheMode, dropsFlushes, parseCacheMode } from '../../io/cache.js';
+import { dropsFlushes, parseCacheMode } from '../../io/cache.js';
 import { CliError, err, messageOf, out, outputFormat, PROG } from '../common.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
@@ -56,7 +56,7 @@ export async function cmdCheck(args: string[]): Promise<number> {
   let output: 'human' | 'json' = 'human';
   let quiet = false;
   // qemu-img check's default cache mode; it only matters when -r writes.
-  let cache: CacheMode = 'writeback';
+  let cacheText = 'writeback';
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -73,12 +73,9 @@ export async function cmdCheck(args: string[]): Promise<number> {
       case 'output':
         output = outputFormat(v);
         break;
-      case 'T': {
-        const m = parseCacheMode(v);
-        if (m === undefined) throw new CliError(`Invalid source cache option: ${v}`);
-        cache = m;
+      case 'T':
+        cacheText = v;
         break;
-      }
       case 'q':
         quiet = true;
         break;
@@ -91,6 +88,9 @@ export async function cmdCheck(args: string[]): Promise<number> {
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const path = operands[0]!;
+  // Checked after the file name, as qemu-img does.
+  const cache = parseCacheMode(cacheText);
+  if (cache === undefined) throw new CliError(`Invalid source cache option: ${cacheText}`);
 
   const forceShare = options.some((o) => o.key === 'U');
   if (forceShare && fix !== 'none') throw new CliError(`Could not open '${path}': force-share=on can only be used with read-only images`);
