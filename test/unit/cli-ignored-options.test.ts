@@ -275,3 +275,9 @@ test('check validates -T after the file name, as qemu-img does', () => {
   refused(['check', '-T', 'bogus'], "qimg: Expecting one image file name\nTry 'qimg --help' for more information\n");
   refused(['check', '-T', 'bogus', 'a.qcow2'], 'qimg: Invalid source cache option: bogus\n');
 });
+
+test('bench --no-drain without --flush-interval runs, as in qemu-img (there is no flush to drain for)', () => {
+  const r = qimg(['bench', '-c', '1', '--no-drain', 'a.qcow2'], opts);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^Sending 1 read requests/);
+});

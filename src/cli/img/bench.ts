@@ -119,7 +119,7 @@ export async function cmdBench(args: string[]): Promise<number> {
   if (o.step === 0) o.step = o.bufferSize;
   if (o.flushInterval > 0 && !o.write) throw new CliError('--flush-interval is only available in write tests');
   if (o.flushInterval > 0 && o.flushInterval < o.depth) throw new CliError("Flush interval can't be smaller than depth");
-  if (!o.drain && o.flushInterval === 0) throw new CliError('--no-drain requires --flush-interval');
+  // --no-drain without flushes is accepted as qemu-img accepts it: there is no flush to skip draining for.
   const path = operands[0]!;
   const fmt = format === undefined ? undefined : parseFormatName(format);
   if (format !== undefined && fmt === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
