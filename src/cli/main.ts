@@ -16,6 +16,7 @@ import { cmdInfo } from './img/info.js';
 import { cmdMap } from './img/map.js';
 import { cmdIo } from './io/io.js';
 import { getopt, UsageError } from './options.js';
+import { applyTraceOption } from './trace.js';
 
 type Handler = (args: string[]) => Promise<number>;
 
@@ -28,7 +29,7 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
   convert: {
     run: cmdConvert,
-    syntax: 'convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
+    syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
   },
   create: { run: cmdCreate, syntax: 'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
   info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
@@ -52,7 +53,10 @@ function help(): string {
     `usage: ${PROG} [standard options] command [command options]\n` +
     'Disk image utility for qcow2, QED and raw images, compatible with qemu-img and qemu-io\n\n' +
     "    '-h', '--help'       display this help and exit\n" +
-    "    '-V', '--version'    output version information and exit\n\n" +
+    "    '-V', '--version'    output version information and exit\n" +
+    "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n" +
+    '                         accepted, but qimg has no trace events: each pattern is\n' +
+    "                         reported as one that does not exist\n\n" +
     'Command syntax:\n' +
     Object.values(COMMANDS)
       .map((c) => `  ${c.syntax}\n`)
@@ -83,6 +87,11 @@ export async function main(argv: string[]): Promise<number> {
       if (o.key === 'V') {
         out(`${PROG} version ${version()}\n`);
         return 0;
+      }
+      if (o.key === 'T') {
+        const r = applyTraceOption(o.value ?? '');
+        if (r === 'help') return 0;
+        if (r === 'fail') return 1;
       }
     }
     const name = operands[0];

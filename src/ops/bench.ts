@@ -19,6 +19,8 @@ export interface BenchOptions {
   flushInterval: number;
   /** Wait for the requests in flight before each flush (qemu's default). */
   drain: boolean;
+  /** Cache mode writethrough/directsync: each write is flushed before it completes. */
+  writethrough?: boolean;
 }
 
 /** Runs the requests; returns the elapsed milliseconds measured by `now`. */
@@ -47,8 +49,10 @@ export async function bench(image: Image, o: BenchOptions, now: () => number): P
       const off = takeOffset();
       inFlight++;
       try {
-        if (o.write) await image.write(off, buf);
-        else await image.read(off, buf);
+        if (o.write) {
+          await image.write(off, buf);
+          if (o.writethrough) await image.flush();
+        } else await image.read(off, buf);
       } finally {
         inFlight--;
         if (inFlight === 0) drained?.();

@@ -44,6 +44,18 @@ export interface ConvertOptions {
    * backing file, and zeros must be written explicitly.
    */
   targetHasBacking?: boolean;
+  /**
+   * Issue writes in target order, one at a time, while reads still run
+   * `parallel` ahead (qemu-img's default; -W turns it off). A qcow2 or QED
+   * target then allocates its clusters in guest order. Default false.
+   */
+  inOrder?: boolean;
+  /**
+   * --salvage: a failed read is retried sector by sector; sectors that still
+   * fail read as zeros and are reported through this callback (offset in
+   * the source image, message) instead of ending the conversion.
+   */
+  salvage?: (offset: number, message: string) => void;
 }
 
 /** qemu-img convert's block states: copy, make zero, or leave to the target's backing file. */
@@ -177,14 +189,16 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
     await flushRun(buf.length);
   };
 
+  const read: ReadFn = opts.salvage ? salvagingRead(opts.salvage) : (img, off, buf) => img.read(off, buf);
   if (opts.compressClusterSize !== undefined) {
-    await convertCompressed(sources, target, opts.compressClusterSize, { parallel, sparse, targetIsZero, topOnly, writeZeroes, report });
+    await convertCompressed(sources, target, opts.compressClusterSize, { parallel, sparse, targetIsZero, topOnly, writeZeroes, report, read });
     await target.flush();
     return;
   }
 
   const work = plan(sources, chunkSize, topOnly);
   let failed: unknown;
+  const ordered = opts.inOrder ? new WriteOrder() : undefined;
   const worker = async (): Promise<void> => {
     // One buffer per worker, reused: writes complete before the next read.
     const own = new Uint8Array(chunkSize);
@@ -194,21 +208,31 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
       const next = await work.next();
       if (next.done) return;
       const w = next.value;
+      // Work items come out of plan() in target order, so taking a ticket here orders the writes.
+      const ticket = ordered?.ticket();
       try {
         if (w.kind === 'backing') {
-          // Left to the target's backing file.
+          // Left to the target's backing file; still takes its turn so later writes keep their order.
+          await ordered?.turn(ticket!);
         } else if (w.kind === 'data') {
           const buf = own.subarray(0, w.length);
-          await attempt('reading', w.dstOffset, () => w.source.read(w.srcOffset, buf));
+          await attempt('reading', w.dstOffset, () => read(w.source, w.srcOffset, buf));
+          await ordered?.turn(ticket!);
+          if (failed !== undefined) return;
           await attempt('writing', w.dstOffset, () => writeSparse(w.dstOffset, buf, words));
           report(w.length);
         } else {
+          await ordered?.turn(ticket!);
+          if (failed !== undefined) return;
           if (fullyAllocate || !targetIsZero) await attempt('writing', w.dstOffset, () => writeZeroes(w.dstOffset, w.length));
           if (fullyAllocate) report(w.length);
         }
       } catch (e) {
         failed ??= e;
+        ordered?.abort();
         return;
+      } finally {
+        ordered?.done(ticket!);
       }
     }
   };
@@ -217,8 +241,68 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
   await target.flush();
 }
 
+/** Hands out write turns in the order tickets were taken (qemu-img's wr_in_order). */
+class WriteOrder {
+  private next = 0;
+  private issued = 0;
+  private readonly waiting = new Map<number, () => void>();
+  private aborted = false;
+
+  ticket(): number {
+    return this.issued++;
+  }
+
+  /** Resolves once every earlier ticket is done. */
+  turn(t: number): Promise<void> {
+    if (t === this.next || this.aborted) return Promise.resolve();
+    return new Promise((r) => this.waiting.set(t, r));
+  }
+
+  done(t: number): void {
+    if (t !== this.next) return;
+    this.next++;
+    const wake = this.waiting.get(this.next);
+    if (wake) {
+      this.waiting.delete(this.next);
+      wake();
+    }
+  }
+
+  /** A failure stops the copy: release everyone waiting so the workers can end. */
+  abort(): void {
+    this.aborted = true;
+    for (const wake of this.waiting.values()) wake();
+    this.waiting.clear();
+  }
+}
+
+const SECTOR = 512;
+
+type ReadFn = (img: Image, offset: number, into: Uint8Array) => Promise<void>;
+
+/** convert_co_read under --salvage: retry a failed read per sector, zero what stays unreadable. */
+function salvagingRead(report: (offset: number, message: string) => void): ReadFn {
+  return async (img: Image, offset: number, buf: Uint8Array): Promise<void> => {
+    try {
+      await img.read(offset, buf);
+      return;
+    } catch {
+      // Fall through to sector-sized reads.
+    }
+    for (let p = 0; p < buf.length; p += SECTOR) {
+      const part = buf.subarray(p, Math.min(buf.length, p + SECTOR));
+      try {
+        await img.read(offset + p, part);
+      } catch (e) {
+        report(offset + p, e instanceof Error ? e.message : String(e));
+        part.fill(0);
+      }
+    }
+  };
+}
+
 /** Reads guest bytes of the concatenated sources at a target offset. */
-async function readConcat(sources: readonly Image[], offset: number, into: Uint8Array): Promise<void> {
+async function readConcat(sources: readonly Image[], offset: number, into: Uint8Array, read: ReadFn): Promise<void> {
   let base = 0;
   let pos = 0;
   for (const s of sources) {
@@ -226,7 +310,7 @@ async function readConcat(sources: readonly Image[], offset: number, into: Uint8
     if (offset + pos < end && pos < into.length) {
       const within = offset + pos - base;
       const n = Math.min(into.length - pos, s.size - within);
-      await s.read(within, into.subarray(pos, pos + n));
+      await read(s, within, into.subarray(pos, pos + n));
       pos += n;
     }
     base = end;
@@ -252,6 +336,7 @@ async function convertCompressed(
     topOnly: boolean;
     writeZeroes: (offset: number, length: number) => Promise<void>;
     report: (n: number) => void;
+    read: ReadFn;
   },
 ): Promise<void> {
   if (!target.writeCompressed) throw new Error('Compression not supported for this file format');
@@ -283,7 +368,7 @@ async function convertCompressed(
           if (!o.targetIsZero) await attempt('writing', start, () => o.writeZeroes(start, length));
         } else if (kind === 'data') {
           const buf = new Uint8Array(length);
-          await attempt('reading', start, () => readConcat(sources, start, buf));
+          await attempt('reading', start, () => readConcat(sources, start, buf, o.read));
           // A compressed cluster is written whole, so only an all-zero one is saved.
           if (o.sparse === 0 || !isZero(buf)) await attempt('writing', start, () => target.writeCompressed!(start, buf));
           else if (!o.targetIsZero) await attempt('writing', start, () => o.writeZeroes(start, length));

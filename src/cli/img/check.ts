@@ -15,7 +15,8 @@ import { openImageFile } from '../../node.js';
 import { parseHeader as parseQedHeader } from '../../formats/qed/header.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
-import { CliError, err, messageOf, out, outputFormat, probedRawWarning, PROG, strerror, validCache } from '../common.js';
+import { dropsFlushes, parseCacheMode } from '../../io/cache.js';
+import { CliError, err, messageOf, out, outputFormat, probedRawWarning, PROG, strerror } from '../common.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -28,7 +29,8 @@ Check an image for consistency; with -r, repair it.
   -r, --repair=leaks|all repair leaked clusters only, or all errors
   -q, --quiet            print nothing on success
   -U, --force-share      check even while another process writes the image (not with -r)
-  -T                     accepted for compatibility (source cache)
+  -T CACHE               cache mode (default writeback); with -r, unsafe skips the
+                         flushes of the repairs
 `;
 
 interface Outcome {
@@ -56,6 +58,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
   let fix: 'none' | 'leaks' | 'all' = 'none';
   let output: 'human' | 'json' = 'human';
   let quiet = false;
+  // qemu-img check's default cache mode; it only matters when -r writes.
+  let cacheText = 'writeback';
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -73,7 +77,7 @@ export async function cmdCheck(args: string[]): Promise<number> {
         output = outputFormat(v);
         break;
       case 'T':
-        if (!validCache(v)) throw new CliError(`Invalid source cache option: ${v}`);
+        cacheText = v;
         break;
       case 'q':
         quiet = true;
@@ -87,12 +91,16 @@ export async function cmdCheck(args: string[]): Promise<number> {
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const path = operands[0]!;
+  // Checked after the file name, as qemu-img does.
+  const cache = parseCacheMode(cacheText);
+  if (cache === undefined) throw new CliError(`Invalid source cache option: ${cacheText}`);
 
   const forceShare = options.some((o) => o.key === 'U');
   if (forceShare && fix !== 'none') throw new CliError(`Could not open '${path}': force-share=on can only be used with read-only images`);
   let storage: Storage;
   try {
-    storage = await FileStorage.open(path, { writable: fix !== 'none' });
+    // Repairs flush as they go (and as qemu's driver does); cache=unsafe drops those flushes as qemu does.
+    storage = await FileStorage.open(path, { writable: fix !== 'none', unsafe: dropsFlushes(cache) });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`);
   }

@@ -13,7 +13,8 @@ Compare the guest-visible contents of two images.
   -p, --progress       show progress
   -q, --quiet          print nothing, report through the exit code
   -U, --force-share    open even while another process writes the images
-  -T, --cache=MODE     source cache mode (accepted for compatibility)
+  -T, --cache=MODE     source cache mode (checked; both images are only read, so no
+                       mode changes what is compared)
 Exit code: 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error.
 `;
 
@@ -68,6 +69,7 @@ export async function cmdCompare(args: string[]): Promise<number> {
   // qemu-img: progress wins over quiet.
   if (progress) quiet = false;
   if (operands.length !== 2) throw new UsageError('Expecting two image file names');
+  // Both images are only read: a cache mode changes no byte read, so a valid one is honoured as is.
   if (cache !== undefined && !validCache(cache)) throw new CliError(`Invalid source cache option: ${cache}`, 2);
   const [file1, file2] = operands as [string, string];
   const say = (s: string): void => {

@@ -1,36 +1,45 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
 import { availableParallelism } from 'node:os';
 import type { Image } from '../../block/image.js';
-import { CREATE_PERMISSIONS, imagePermissions } from '../../block/perms.js';
-import { isImageError } from '../../errors.js';
+import { imagePermissions } from '../../block/perms.js';
 import { parseFormatName } from '../../block/probe.js';
 import { openImageFile } from '../../node.js';
 import { FileStorage } from '../../io/file.js';
 import type { Storage } from '../../io/storage.js';
 import { convertImages, ConvertError, totalSize, type ConvertTarget } from '../../ops/convert.js';
-import { CliError, cvtnum, messageOf, openCli, out, Progress, strerror, validCache } from '../common.js';
+import { dropsFlushes, flushesEachWrite, parseCacheMode } from '../../io/cache.js';
+import { rateLimited } from '../../ops/ratelimit.js';
+import { writethroughTarget } from '../../ops/writethrough.js';
+import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
 import { getopt, parseSize } from '../options.js';
 import { accumulate, createFormatted, CreateError, hasHelpOption, optionHelp, parseCreateOptions } from './create.js';
 
-export const convertHelp = `usage: qimg convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
+export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
 
 Copy one or more images (concatenated) into a new image.
   -f, --source-format=FMT  format of the source images; probed when absent
   -O, --target-format=FMT  output format: raw (default), qcow2 or qed
   -o, --target-format-options=OPTIONS  creation options of the output (-o help lists them)
   -c, --compress           compress every data cluster (qcow2), on all cores
-  -B, -b, --backing=FILE   backing file of the output: only what the sources'
+  -B, --backing=FILE       backing file of the output: only what the sources'
                            top layers allocate is copied
   -F, --backing-format=FMT format of that backing file (required with -B)
   -n, --no-create          write into an existing output file, which must be large enough
+  --target-is-zero         with -n: the output already reads as zeros, zeros are not written
   -S, --sparse-size=SIZE   zero detection granularity (default 4k, 0 = fully allocate)
   -m, --parallel=N         requests in flight, 1..16 (default 8)
-  -W, --oob-writes         allow out-of-order writes
+  -W, --oob-writes         allow out-of-order writes (default: writes in image order)
+  -r, --rate-limit=RATE    limit writes to RATE bytes per second
+  -C, --copy-range-offloading  try copy offloading (qimg always copies normally, as qemu
+                           does where offloading is not possible)
+  --salvage                read unreadable sectors as zeros, with a warning each
+  -t, --target-cache=CACHE output cache mode (default unsafe: no flush; writethrough,
+                           directsync: flush after every write; none, writeback: flush at the end)
+  -T, --source-cache=CACHE source cache mode (the sources are only read)
   -p, --progress           show progress
   -q, --quiet              print nothing
   -U, --force-share        read the sources even while another process writes them
                            (the output is always locked)
-  -t, -T CACHE             target/source cache mode (accepted for compatibility)
 `;
 
 const SECTOR = 512;
@@ -82,6 +91,13 @@ export async function cmdConvert(args: string[]): Promise<number> {
     { name: 'parallel', arg: 'required', key: 'm' },
     { name: 'progress', arg: 'none', key: 'p' },
     { name: 'quiet', arg: 'none', key: 'q' },
+    // Long names newer qemu-img gives these short options.
+    { name: 'source-cache', arg: 'required', key: 'T' },
+    { name: 'target-cache', arg: 'required', key: 't' },
+    { name: 'rate-limit', arg: 'required', key: 'r' },
+    { name: 'oob-writes', arg: 'none', key: 'W' },
+    { name: 'copy-range-offloading', arg: 'none', key: 'C' },
+    { name: 'snapshot', arg: 'required', key: 'l' },
   ]);
   let srcFmt: string | undefined;
   let outFmt = 'raw';
@@ -92,6 +108,12 @@ export async function cmdConvert(args: string[]): Promise<number> {
   let parallel = 8;
   let compress = false;
   let targetIsZero = false;
+  let copyRange = false;
+  let explicitSparse = false;
+  let outOfOrder = false;
+  let rateLimit = 0;
+  let salvage = false;
+  let skipBrokenBitmaps = false;
   let cache: string | undefined;
   let srcCache: string | undefined;
   let optText: string | undefined;
@@ -129,6 +151,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
           );
         }
         sparseSize = s;
+        explicitSparse = true;
         break;
       }
       case 'm': {
@@ -165,9 +188,33 @@ export async function cmdConvert(args: string[]): Promise<number> {
         throw new CliError('--object is not supported yet');
       case 'bitmaps':
         throw new CliError('--bitmaps is not supported by convert yet');
-      // -C, -W, -r, --salvage: accepted; they do not change the result.
+      case 'skip-broken-bitmaps':
+        skipBrokenBitmaps = true;
+        break;
+      case 'C':
+        // qemu tries copy offloading and falls back to an ordinary copy
+        // wherever it cannot offload; qimg always takes that fallback, which
+        // writes the same bytes. Only qemu's refusals below remain to honour.
+        copyRange = true;
+        break;
+      case 'W':
+        outOfOrder = true;
+        break;
+      case 'r':
+        rateLimit = cvtnum('rate limit', v, (t) => parseSize(t));
+        break;
+      case 'salvage':
+        salvage = true;
+        break;
     }
   }
+  // The combinations qemu-img refuses, in its order.
+  if (compress && copyRange) throw new CliError('Cannot enable copy offloading when -c is used');
+  if (explicitSparse && copyRange) throw new CliError('Cannot enable copy offloading when -S is used');
+  if (copyRange && salvage) throw new CliError('Cannot use copy offloading in salvaging mode');
+  if (noCreate && optText !== undefined) throw new CliError('-o has no effect when skipping image creation');
+  if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
+  if (skipBrokenBitmaps) throw new CliError('Use of --skip-broken-bitmaps requires --bitmaps');
   if (quiet) progress = false;
   if (optText !== undefined && hasHelpOption(optText)) {
     if (!['raw', 'qcow2', 'qed'].includes(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
@@ -175,8 +222,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
     return 0;
   }
   if (operands.length < 2) throw new CliError('Must specify image file name');
-  if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
-  if (srcCache !== undefined && !validCache(srcCache)) throw new CliError(`Invalid source cache option: ${srcCache}`);
+  // The sources are only read: a source cache mode changes no byte read, so -T is checked and honoured as is.
+  if (srcCache !== undefined && parseCacheMode(srcCache) === undefined) throw new CliError(`Invalid source cache option: ${srcCache}`);
   const outPath = operands[operands.length - 1]!;
   const srcPaths = operands.slice(0, -1);
 
@@ -211,6 +258,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
     }
     if (bag.has('backing_file')) {
       targetHasBacking = true;
+      // qemu-img 7.2 prints this and exits 0 without converting; exiting 1 keeps scripts from taking it for success.
+      if (targetIsZero) throw new CliError('Cannot use --target-is-zero when the destination image has a backing file');
       if (srcPaths.length > 1) throw new CliError('Having a backing file for the target makes no sense when concatenating multiple input images');
       if (!bag.has('backing_fmt')) throw new CliError('Use of backing file requires explicit backing format');
     }
@@ -221,10 +270,13 @@ export async function cmdConvert(args: string[]): Promise<number> {
       const pre = OptionBagPeek(bag, 'preallocation');
       if (pre !== undefined && pre !== 'off') throw new CliError('Compression and preallocation not supported at the same time');
     }
-    if (cache !== undefined && !validCache(cache)) throw new CliError(`Invalid cache option: ${cache}`);
-    const targetUnsafe = (cache ?? 'unsafe') === 'unsafe';
+    // qemu-img's default target cache mode is unsafe: flushes are skipped.
+    const cacheMode = parseCacheMode(cache ?? 'unsafe');
+    if (cacheMode === undefined) throw new CliError(`Invalid cache option: ${cache}`);
+    const targetUnsafe = dropsFlushes(cacheMode);
 
-    if (!noCreate && isImageFmt) {
+    // Raw outputs too: -o preallocation (off, falloc, full) must take effect.
+    if (!noCreate) {
       try {
         await createFormatted({ filename: outPath, fmt: outFmt, bag, size: total, printLine: false });
       } catch (e) {
@@ -236,7 +288,6 @@ export async function cmdConvert(args: string[]): Promise<number> {
     let clusterSize: number | undefined;
     if (isImageFmt) {
       try {
-        // qemu-img's default target cache mode is unsafe: flushes are skipped.
         image = await openImageFile(outPath, { format: outFmt as 'qcow2' | 'qed', writable: true, unsafe: targetUnsafe });
       } catch (e) {
         throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
@@ -244,27 +295,21 @@ export async function cmdConvert(args: string[]): Promise<number> {
       if (noCreate && image.size < total) throw new CliError('output file is smaller than input file');
       target = imageTarget(image);
       if (compress) clusterSize = (await image.info())['cluster-size'];
-    } else if (noCreate) {
+    } else {
       try {
         storage = await FileStorage.open(outPath, { writable: true, unsafe: targetUnsafe, permissions: imagePermissions('raw', { writable: true }) });
       } catch (e) {
         throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
       }
-      const outSize = Math.ceil((await storage.size()) / SECTOR) * SECTOR;
-      if (outSize < total) throw new CliError('output file is smaller than input file');
-      target = storageTarget(storage);
-    } else {
-      try {
-        storage = await FileStorage.open(outPath, { writable: true, create: true, truncate: true, unsafe: targetUnsafe, permissions: CREATE_PERMISSIONS });
-        await storage.truncate(total);
-        await storage.setPermissions?.(imagePermissions('raw', { writable: true }));
-      } catch (e) {
-        if (isImageError(e, 'locked')) throw new CliError(`${outPath}: error while converting ${outFmt}: ${e.message}`, 1, { cause: e });
-        throw new CliError(`${outPath}: error while converting ${outFmt}: Could not create '${outPath}': ${strerror((e as { cause?: unknown }).cause ?? e)}`, 1, { cause: e });
+      if (noCreate) {
+        const outSize = Math.ceil((await storage.size()) / SECTOR) * SECTOR;
+        if (outSize < total) throw new CliError('output file is smaller than input file');
       }
       target = storageTarget(storage);
     }
 
+    if (flushesEachWrite(cacheMode)) target = writethroughTarget(target);
+    if (rateLimit > 0) target = rateLimited(target, rateLimit);
     try {
       await convertImages(sources, target, {
         sparseSize,
@@ -272,6 +317,10 @@ export async function cmdConvert(args: string[]): Promise<number> {
         parallel: compress ? Math.max(parallel, 2 * availableParallelism()) : parallel,
         targetIsZero: !noCreate || targetIsZero,
         targetHasBacking,
+        inOrder: !outOfOrder,
+        salvage: salvage ? (offset, message) => {
+          if (!quiet) err(`${PROG}: warning: error while reading offset ${offset}: ${message}\n`);
+        } : undefined,
         compressClusterSize: clusterSize,
         progress: (pct) => meter.print(pct, 0),
       });

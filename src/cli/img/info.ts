@@ -1,6 +1,6 @@
 /** qemu-img info, as QEMU 7.2 prints it (ImageInfo, no child nodes). */
 import type { ImageInfo, SnapshotInfo } from '../../block/info.js';
-import { CliError, openCli, out, outputFormat, validCache } from '../common.js';
+import { CliError, openCli, out, outputFormat } from '../common.js';
 import { sizeToStr } from '../format.js';
 import { qdictOrder, toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -12,7 +12,6 @@ Print information about a disk image.
   --output=human|json  output format (default human)
   --backing-chain      show every image of the backing chain, top first
   -U, --force-share    open even while another process writes the image
-  -t, --cache=MODE     cache mode (accepted for compatibility)
 `;
 
 /** The ImageInfo of one image as qemu-img 7.2 reports it. */
@@ -117,16 +116,14 @@ export function humanInfo(info: ImageInfo): string {
 }
 
 export async function cmdInfo(args: string[]): Promise<number> {
-  const { options, operands } = getopt(args, ':f:ht:U', [
+  const { options, operands } = getopt(args, ':f:hU', [
     { name: 'help', arg: 'none', key: 'h' },
     { name: 'format', arg: 'required', key: 'f' },
     { name: 'backing-chain', arg: 'none', key: 'backing-chain' },
-    { name: 'cache', arg: 'required', key: 't' },
     { name: 'force-share', arg: 'none', key: 'U' },
     { name: 'output', arg: 'required', key: 'output' },
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
     { name: 'object', arg: 'required', key: 'object' },
-    { name: 'limits', arg: 'none', key: 'limits' },
   ]);
   let format: string | undefined;
   let output: 'human' | 'json' = 'human';
@@ -142,9 +139,6 @@ export async function cmdInfo(args: string[]): Promise<number> {
       case 'backing-chain':
         chain = true;
         break;
-      case 't':
-        if (!validCache(o.value!)) throw new CliError(`Invalid cache option: ${o.value}`);
-        break;
       case 'output':
         output = outputFormat(o.value!);
         break;
@@ -152,8 +146,6 @@ export async function cmdInfo(args: string[]): Promise<number> {
         throw new CliError('--image-opts is not supported yet');
       case 'object':
         throw new CliError('--object is not supported yet');
-      case 'limits':
-        throw new UsageError(`unrecognized option '--limits'`);
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
