@@ -12,6 +12,8 @@ import { openImageFile } from '../../src/node.js';
 import { isImageError } from '../../src/errors.js';
 import { probeAsQemu } from '../../src/block/probe.js';
 import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir } from '../helpers/tools.js';
+import { qimgMain } from '../helpers/cli.js';
+import { spawnSync } from 'node:child_process';
 
 const noTiming = (s: string): string => s.replace(/^[0-9.]+ (bytes|KiB|MiB|GiB), \d+ ops; .*$/gm, 'TIMING');
 const cmds = (list: string[]): string[] => list.flatMap((c) => ['-c', c]);
@@ -166,4 +168,34 @@ test('io: options qimg cannot honour are refused, the rest behave as in qemu-io'
   assert.ok(readFileSync(img).equals(before), 'a refused option writes nothing');
   same(side(dir, img, ['-T', 'nosuchevent', '-c', 'read 0 512']), '-T');
   same(side(dir, img, ['-m', '-c', 'write -P 3 1 1000', '-c', 'read -P 3 1 1000']), '-m');
+});
+
+test('io -t: writethrough and directsync flush each write command, unsafe drops flushes (counted with strace)', async (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir();
+  const img = join(dir, 't.qcow2');
+  assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', img, '1M']).status, 0);
+  // Allocated beforehand, so the writes below are plain overwrites with no metadata syncs of their own.
+  assert.equal(qemuIo(['-c', 'write 0 192k', img]).status, 0);
+  const syncs = (opts: string[]): number | undefined => {
+    const log = join(dir, 'strace.log');
+    const r = spawnSync('strace', ['-f', '-qq', '-e', 'trace=fdatasync,fsync', '-o', log, process.execPath, qimgMain(), 'io', ...opts, ...cmds(['write 0 4k', 'write 64k 4k', 'write 128k 4k', 'flush']), img], { encoding: 'utf8' });
+    if (r.error || r.status !== 0) return undefined;
+    return readFileSync(log, 'utf8').split('\n').filter((l) => /f(data)?sync\(/.test(l)).length;
+  };
+  const wb = syncs([]);
+  if (wb === undefined) {
+    if (process.env.CI) throw new Error('strace is required when CI is set (apt-get install strace)');
+    return t.skip('strace cannot trace here');
+  }
+  const wt = syncs(['-t', 'writethrough'])!;
+  const ds = syncs(['-t', 'directsync'])!;
+  const unsafe = syncs(['-t', 'unsafe'])!;
+  assert.ok(wb >= 1, `writeback flushes on 'flush' (${wb})`);
+  // One sync per write command; the closing 'flush' then finds nothing left to sync.
+  assert.ok(wt >= 3 && wt >= wb + 2, `writethrough flushes after each of 3 writes (${wt} vs ${wb})`);
+  assert.ok(ds >= 3 && ds >= wb + 2, `directsync too (${ds})`);
+  assert.equal(unsafe, 0, 'unsafe drops every flush');
+  same(side(dir, img, ['-t', 'bogus', '-c', 'read 0 512']), '-t bogus');
+  same(side(dir, img, ['-n', '-c', 'write -P 9 0 4k', '-c', 'read -P 9 0 4k']), '-n');
 });

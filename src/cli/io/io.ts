@@ -8,10 +8,11 @@ import { parseFormatName } from '../../block/probe.js';
 import { openImageFile } from '../../node.js';
 import { readFileSync } from 'node:fs';
 import { isImageError } from '../../errors.js';
-import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror, validCache } from '../common.js';
+import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror } from '../common.js';
 import { cvtstr, timestr, toFixedC } from '../format.js';
 import { dumpQObject } from '../img/info.js';
 import { getopt, parseSize } from '../options.js';
+import { dropsFlushes, flushesEachWrite, parseCacheMode, type CacheMode } from '../../io/cache.js';
 
 export const ioHelp = `usage: qimg io [-f fmt] [-r] [-s] [-U] [-d discard] [-t cache] [-c command]... [file]
 
@@ -21,6 +22,9 @@ Run qemu-io commands on an image; without -c, commands are read from stdin.
   -r, --read-only    open read-only (default: read-write)
   -s, --snapshot     writes go to a temporary overlay; the image itself is not changed
   -d, --discard=MODE ignore|off (discard requests do nothing) or unmap|on (the default)
+  -t, --cache=MODE   writeback (default), none, writethrough or directsync (each write command
+                     is flushed before it completes), unsafe (flushes do nothing)
+  -n, --nocache      short for -t none
   -m, --misalign     accepted: qimg's requests need no buffer alignment
   -T, --trace=EVENT  qimg has no trace events; warns as qemu-io does for an unknown one
   -U, --force-share  with -r: open even while another process writes the image
@@ -731,8 +735,14 @@ export async function runCommand(img: Image, line: string): Promise<number | 'qu
     err(`${PROG}: Block node is read-only\n`);
     return -1;
   }
-  return ct.run(img, argv);
+  const r = await ct.run(img, argv);
+  // writethrough/directsync: a write command completes only once it is on stable storage.
+  if (ct.writes && writethrough.has(img)) await img.flush();
+  return r;
 }
+
+/** Images opened with -t writethrough or directsync. */
+const writethrough = new WeakSet<Image>();
 
 export async function cmdIo(args: string[]): Promise<number> {
   // -C (copy-on-read) and -k (native AIO) are not offered: qimg cannot do
@@ -757,6 +767,7 @@ export async function cmdIo(args: string[]): Promise<number> {
   let readOnly = false;
   let snapshot = false;
   let discard = true; // qemu-io opens with discard=unmap
+  let cache: CacheMode = 'writeback';
   for (const o of options) {
     switch (o.key) {
       case 'h':
@@ -779,8 +790,15 @@ export async function cmdIo(args: string[]): Promise<number> {
         else if (o.value === 'unmap' || o.value === 'on') discard = true;
         else throw new CliError(`Invalid discard option: ${o.value}`);
         break;
-      case 't':
-        if (!validCache(o.value!)) throw new CliError(`Invalid cache option: ${o.value}`);
+      case 't': {
+        const mode = parseCacheMode(o.value!);
+        if (mode === undefined) throw new CliError(`Invalid cache option: ${o.value}`);
+        cache = mode;
+        break;
+      }
+      case 'n':
+        // cache=none: bypassing the page cache changes nothing that is read or written (see io/cache.ts).
+        cache = 'none';
         break;
       case 'm':
         // Misaligned buffers: qimg's requests have no alignment to break, so
@@ -809,11 +827,12 @@ export async function cmdIo(args: string[]): Promise<number> {
   let img: Image;
   try {
     // qemu-io opens read-write unless -r is given; -s puts writes in a temporary overlay.
-    img = await openImageFile(path, { format: fmt, writable: !readOnly, snapshot, forceShare: options.some((o) => o.key === 'U') });
+    img = await openImageFile(path, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U') });
   } catch (e) {
     throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
   }
   if (!discard) discardsIgnored.add(img);
+  if (flushesEachWrite(cache)) writethrough.add(img);
   if (!readOnly && !snapshot && fmt === undefined && img.format === 'raw') err(probedRawWarning(path));
   let failed = false;
   try {
