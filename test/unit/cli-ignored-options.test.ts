@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { convertImages, type ConvertTarget } from '../../src/ops/convert.js';
 import { bench } from '../../src/ops/bench.js';
@@ -114,18 +114,24 @@ test('convert -t: unsafe never flushes, writeback flushes once, writethrough aft
   const directsync = syncCalls(['convert', '-f', 'raw', '-t', 'directsync', '-O', 'qcow2', 'a.raw', 'o.qcow2'])!;
   assert.equal(unsafe, 0);
   assert.equal(writeback, 1);
-  // 1 MiB of data goes out in two 512 KiB writes, each flushed, then the final flush.
-  assert.ok(writethrough >= 3, `writethrough: ${writethrough} flushes`);
-  assert.ok(directsync >= 3, `directsync: ${directsync} flushes`);
+  // 1 MiB of data goes out in two 512 KiB writes, each flushed; the final flush then finds
+  // nothing unsynced (the file storage skips a sync with no write since the last one).
+  assert.ok(writethrough >= 2 && writethrough > writeback, `writethrough: ${writethrough} flushes`);
+  assert.ok(directsync >= 2 && directsync > writeback, `directsync: ${directsync} flushes`);
 });
 
 test('check -T unsafe drops the flushes of a repair', (t) => {
-  qimg(['create', '-q', '-f', 'qcow2', 'c.qcow2', '1M'], opts);
+  // A crash with lazy refcounts leaves work for the repair, so it has writes to flush.
+  qimg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', 'c0.qcow2', '1M'], opts);
+  qimg(['io', '-c', 'write 0 64k', '-c', 'abort', 'c0.qcow2'], opts);
+  const fresh = (): void => copyFileSync(join(dir, 'c0.qcow2'), join(dir, 'c.qcow2'));
+  fresh();
   const unsafe = syncCalls(['check', '-q', '-r', 'all', '-T', 'unsafe', 'c.qcow2']);
   if (unsafe === undefined) {
     if (process.env.CI) throw new Error('strace is required when CI is set (apt-get install strace)');
     return t.skip('strace cannot trace here');
   }
+  fresh();
   const writeback = syncCalls(['check', '-q', '-r', 'all', 'c.qcow2'])!;
   assert.equal(unsafe, 0);
   assert.ok(writeback > 0);
