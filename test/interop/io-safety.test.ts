@@ -12,8 +12,7 @@ import { openImageFile } from '../../src/node.js';
 import { isImageError } from '../../src/errors.js';
 import { probeAsQemu } from '../../src/block/probe.js';
 import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir } from '../helpers/tools.js';
-import { qimgMain } from '../helpers/cli.js';
-import { spawnSync } from 'node:child_process';
+import { qimgSyncCalls } from '../helpers/strace.js';
 
 const noTiming = (s: string): string => s.replace(/^[0-9.]+ (bytes|KiB|MiB|GiB), \d+ ops; .*$/gm, 'TIMING');
 const cmds = (list: string[]): string[] => list.flatMap((c) => ['-c', c]);
@@ -177,12 +176,8 @@ test('io -t: writethrough and directsync flush each write command, unsafe drops 
   assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', img, '1M']).status, 0);
   // Allocated beforehand, so the writes below are plain overwrites with no metadata syncs of their own.
   assert.equal(qemuIo(['-c', 'write 0 192k', img]).status, 0);
-  const syncs = (opts: string[]): number | undefined => {
-    const log = join(dir, 'strace.log');
-    const r = spawnSync('strace', ['-f', '-qq', '-e', 'trace=fdatasync,fsync', '-o', log, process.execPath, qimgMain(), 'io', ...opts, ...cmds(['write 0 4k', 'write 64k 4k', 'write 128k 4k', 'flush']), img], { encoding: 'utf8' });
-    if (r.error || r.status !== 0) return undefined;
-    return readFileSync(log, 'utf8').split('\n').filter((l) => /f(data)?sync\(/.test(l)).length;
-  };
+  const syncs = (opts: string[]): number | undefined =>
+    qimgSyncCalls(['io', ...opts, ...cmds(['write 0 4k', 'write 64k 4k', 'write 128k 4k', 'flush']), img], dir);
   const wb = syncs([]);
   if (wb === undefined) {
     if (process.env.CI) throw new Error('strace is required when CI is set (apt-get install strace)');

@@ -14,7 +14,7 @@ import { writethroughTarget } from '../../src/ops/writethrough.js';
 import { parseCacheMode } from '../../src/io/cache.js';
 import type { Image } from '../../src/block/image.js';
 import { asQemu, bytesImage, haveTools, qemuImg, qimg, tmpDir } from '../helpers/tools.js';
-import { qimgMain } from '../helpers/cli.js';
+import { qimgSyncCalls } from '../helpers/strace.js';
 
 const dir = tmpDir('qimg-ignored-');
 const opts = { cwd: dir };
@@ -95,13 +95,7 @@ test('-T/--trace: every pattern is reported as an event that does not exist', ()
   assert.deepEqual([bad.status, bad.stderr], [1, "qimg: Invalid parameter 'bogus'\n"]);
 });
 
-/** fdatasync/fsync calls the CLI makes, counted with strace (undefined when strace cannot run). */
-function syncCalls(args: string[]): number | undefined {
-  const log = join(dir, 'strace.log');
-  const r = spawnSync('strace', ['-f', '-qq', '-e', 'trace=fdatasync,fsync', '-o', log, process.execPath, qimgMain(), ...args], { cwd: dir, encoding: 'utf8' });
-  if (r.error || r.status !== 0) return undefined;
-  return readFileSync(log, 'utf8').split('\n').filter((l) => /\b(fdatasync|fsync)\(/.test(l)).length;
-}
+const syncCalls = (args: string[]): number | undefined => qimgSyncCalls(args, dir);
 
 test('convert -t: unsafe never flushes, writeback flushes once, writethrough after every write', (t) => {
   const unsafe = syncCalls(['convert', '-f', 'raw', '-t', 'unsafe', 'a.raw', 'o.raw']);
