@@ -15,7 +15,8 @@ export type ImageErrorCode =
   | 'not-permitted' // refused for safety (a write that would change a probed raw image's format)
   | 'needs-secret' // encrypted image, no key given
   | 'policy' // the open policy refused an implicit file (backing, data file)
-  | 'locked'; // another process holds the image with permissions that conflict (QEMU's image locks)
+  | 'locked' // another process holds the image with permissions that conflict (QEMU's image locks)
+  | 'aborted'; // the caller cancelled the operation through its AbortSignal
 
 export class ImageError extends Error {
   readonly code: ImageErrorCode;
