@@ -25,11 +25,14 @@ export class ImageError extends Error {
    * callers can print qemu's strerror text or tell a full disk from a bad one.
    */
   readonly errno?: string;
-  constructor(code: ImageErrorCode, message: string, options?: { cause?: unknown; errno?: string }) {
+  /** Lines qemu prints after the message to help (for example "Could not open backing image."). */
+  readonly hint?: string;
+  constructor(code: ImageErrorCode, message: string, options?: { cause?: unknown; errno?: string; hint?: string }) {
     super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.name = 'ImageError';
     this.code = code;
     if (options?.errno !== undefined) this.errno = options.errno;
+    if (options?.hint !== undefined) this.hint = options.hint;
   }
 }
 

@@ -1,11 +1,95 @@
-/** qimg's portable core: no Node APIs here (see ./node.js for files on disk). */
+/**
+ * qimg's portable core: images in any Storage (memory, a browser file, an
+ * HTTP range source), every operation, no Node APIs. `qimg/node` adds files
+ * on disk, Node's codecs and Node streams.
+ */
+import './formats/index.js';
+
+// Errors
 export { ImageError, isImageError, type ImageErrorCode } from './errors.js';
+export { strerror } from './errno.js';
+
+// Bytes and codecs
 export type { Storage } from './io/storage.js';
 export { MemoryStorage } from './io/memory.js';
 export type { Codecs } from './block/codecs.js';
-export type { FormatDriver, Mapping, ImageFormat, BackingRef, DriverContext } from './block/driver.js';
-export type { ImageInfo, SnapshotInfo, FormatSpecific } from './block/info.js';
+export { type CacheMode, parseCacheMode, dropsFlushes, flushesEachWrite } from './io/cache.js';
+
+// Images
 export { BlockImage, extents, type Image, type Extent, type LayerStatus } from './block/image.js';
-export { openImage, registerFormat, type Host, type OpenOptions, type OpenPolicy } from './block/open.js';
-export { probeFormat } from './block/probe.js';
-import './formats/index.js';
+export type { ImageInfo, SnapshotInfo, FormatSpecific } from './block/info.js';
+export {
+  openImage,
+  openStorageImage,
+  registerOverlayFormat,
+  type Host,
+  type OpenOptions,
+  type OpenStorageOptions,
+  type OpenPolicy,
+} from './block/open.js';
+export { probeFormat, parseFormatName, PROBE_BYTES } from './block/probe.js';
+export { imagePermissions, type Permissions, type PermissionRequest } from './block/perms.js';
+
+// Formats
+export type { FormatDriver, Mapping, ImageFormat, BackingRef, BackingReader, DriverContext, DriverOpener } from './block/driver.js';
+export {
+  registerFormat,
+  findFormat,
+  formatDescriptor,
+  registeredFormats,
+  type FormatDescriptor,
+  type CreateContext,
+  type MeasureResult,
+} from './block/format.js';
+
+// Creating
+export type { CreateImageOptions, Qcow2CreateImageOptions, QedCreateImageOptions, RawCreateImageOptions } from './formats/create-types.js';
+export { createImageOn, createFormattedOn, type CreateOnHostRequest } from './block/create.js';
+export {
+  parseCreateOptions,
+  createOptionHelp,
+  hasHelpOption,
+  optionsToBag,
+  allCreateOptions,
+  FILE_PROTOCOL_OPTIONS,
+  type OptionSpec,
+  type OptionType,
+} from './block/create-options.js';
+export { OptionBag, parseOptionList } from './block/options.js';
+import { createImage as createAnyImage } from './block/create.js';
+import type { CreateImageOptions } from './formats/create-types.js';
+import type { Storage } from './io/storage.js';
+import type { CreateContext } from './block/format.js';
+
+/**
+ * Write a new, empty image into `storage` (whatever it held is discarded).
+ *
+ * @example
+ * const storage = new MemoryStorage();
+ * await createImage(storage, { format: 'qcow2', size: 64 << 20, clusterSize: 65536 });
+ */
+export const createImage: (storage: Storage, options: CreateImageOptions, ctx?: Partial<CreateContext>) => Promise<void> = createAnyImage;
+
+// Checking
+export {
+  checkImageStorage,
+  checkJson,
+  checkExitCode,
+  emptyCounts,
+  CheckNotSupportedError,
+  type CheckResult,
+  type CheckCounts,
+  type RepairMode,
+} from './block/check.js';
+
+// Whole-image operations
+export type { OperationOptions } from './ops/operation.js';
+export { measureImage, measure, type MeasureImageOptions } from './ops/measure.js';
+export { convertImages, ConvertError, totalSize, type ConvertTarget, type ConvertOptions } from './ops/convert.js';
+export { imageTarget, storageTarget } from './ops/convert-targets.js';
+export { writethroughTarget } from './ops/writethrough.js';
+export { rateLimited } from './ops/ratelimit.js';
+export { compareImages, CompareFailure, type CompareResult, type CompareOptions } from './ops/compare.js';
+export { mapImage, type MapEntry, type MapOptions } from './ops/map.js';
+export { bench, type BenchOptions } from './ops/bench.js';
+export { parseSize } from './units.js';

@@ -8,7 +8,8 @@
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
-import type { DriverContext, DriverOpener, FormatDriver, ImageFormat } from './driver.js';
+import type { DriverContext, FormatDriver, ImageFormat } from './driver.js';
+import { formatDescriptor } from './format.js';
 import { BlockImage, type Image } from './image.js';
 import { dataFilePermissions, imagePermissions } from './perms.js';
 import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
@@ -29,6 +30,11 @@ export interface Host {
    * when closed (snapshot mode's overlay). Hosts without files leave it out.
    */
   temporaryStorage?(): Promise<{ name: string; storage: Storage }>;
+  /**
+   * Create `path` (or truncate it to nothing) for a new image, locked as
+   * qemu locks a file it creates. Hosts without files leave it out.
+   */
+  createStorage?(path: string): Promise<Storage>;
 }
 
 /**
@@ -97,13 +103,6 @@ export function registerOverlayFormat(format: ImageFormat, create: OverlayCreato
 }
 
 export const DEFAULT_MAX_CHAIN_DEPTH = 64;
-
-const openers = new Map<ImageFormat, DriverOpener>();
-
-/** Formats register themselves here (see formats/index.ts). */
-export function registerFormat(format: ImageFormat, opener: DriverOpener): void {
-  openers.set(format, opener);
-}
 
 export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
   // Under snapshot mode the named image is read-only, so -U may apply to it.
@@ -196,8 +195,7 @@ async function openDriver(
     await storage.read(head, 0);
     fmt = probeFormat(head);
   }
-  const opener = openers.get(fmt);
-  if (!opener) throw new ImageError('unsupported', `Unknown driver '${fmt}'`);
+  const opener = formatDescriptor(fmt).open;
   // Locked once the format is known (it decides the permissions), before the header is trusted.
   const req = { writable, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare };
   await storage.setPermissions?.(imagePermissions(fmt, req));
@@ -222,4 +220,53 @@ async function openDriver(
     },
   };
   return opener(ctx);
+}
+
+/** Codecs for callers that give none: compressed clusters then fail to read with a clear error. */
+const NO_CODECS: Codecs = { inflateRaw: async () => false, zstdDecompress: async () => false };
+
+export interface OpenStorageOptions extends Omit<OpenOptions, 'host' | 'policy' | 'backing' | 'snapshot'> {
+  /** Decompression (and compression) for compressed clusters; the Node entry point's nodeCodecs on Node. */
+  codecs?: Codecs;
+  /** The name the image reports itself as (default 'memory'). */
+  name?: string;
+  /** Other storages by the name an image records for its backing file (memory chains). */
+  files?: Readonly<Record<string, Storage>>;
+}
+
+/**
+ * Open an image held in a Storage (memory, a browser file, any byte
+ * source). A backing file the image names is opened only from `files`;
+ * anything else is refused by the open policy.
+ *
+ * @example
+ * const storage = new MemoryStorage();
+ * await createImage(storage, { format: 'qcow2', size: 1 << 20 });
+ * const img = await openStorageImage(storage, { writable: true });
+ */
+export function openStorageImage(storage: Storage, opts: OpenStorageOptions = {}): Promise<Image> {
+  const name = opts.name ?? 'memory';
+  const files: Record<string, Storage> = { ...opts.files, [name]: storage };
+  const host: Host = {
+    openStorage: async (path) => {
+      const s = files[path];
+      if (!s) throw new ImageError('not-found', `Could not open '${path}': No such file or directory`);
+      return borrowed(s);
+    },
+    resolve: (_image, n) => n,
+    identity: async (p) => p,
+    codecs: opts.codecs ?? NO_CODECS,
+  };
+  return openImage(name, { ...opts, host, policy: 'allow', backing: true });
+}
+
+/** The caller owns a storage it passes in: closing the image must not close it. */
+function borrowed(s: Storage): Storage {
+  return new Proxy(s, {
+    get(target, prop, receiver) {
+      if (prop === 'close') return async () => {};
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }

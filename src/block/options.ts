@@ -52,6 +52,16 @@ export class OptionBag {
     return this.values.has(key);
   }
 
+  /** A copy with nothing marked used: reading it leaves this bag as it was. */
+  clone(): OptionBag {
+    return new OptionBag(this.values);
+  }
+
+  /** A value without marking it used. */
+  peek(key: string): string | undefined {
+    return this.values.get(key);
+  }
+
   set(key: string, value: string): void {
     this.values.set(key, value);
   }

@@ -4,20 +4,19 @@
  * A format named by the caller is never probed.
  */
 import type { ImageFormat } from './driver.js';
+import { findFormat, registeredFormats } from './format.js';
 
 export const PROBE_BYTES = 512;
 
+/** The registered format whose probe claims these first bytes; raw (which has no magic) otherwise. */
 export function probeFormat(head: Uint8Array): ImageFormat {
-  if (head.length >= 8) {
-    const v = new DataView(head.buffer, head.byteOffset, head.length);
-    if (v.getUint32(0) === 0x514649fb && v.getUint32(4) >= 2) return 'qcow2';
-    if (v.getUint32(0, true) === 0x00444551) return 'qed';
-  }
+  for (const name of registeredFormats()) if (findFormat(name)!.probe?.(head)) return name;
   return 'raw';
 }
 
+/** A format name the caller gave, if a registered format has it. */
 export function parseFormatName(name: string): ImageFormat | undefined {
-  return name === 'qcow2' || name === 'qed' || name === 'raw' ? name : undefined;
+  return findFormat(name)?.name;
 }
 
 const ascii = (s: string): Uint8Array => Uint8Array.from(s, (c) => c.charCodeAt(0));

@@ -1,11 +1,11 @@
 /** What every subcommand shares: errors, output, opening images. */
 import { openImageFile } from '../node.js';
-import type { Image } from '../block/image.js';
-import { parseFormatName } from '../block/probe.js';
-import type { ImageFormat } from '../block/driver.js';
+import type { Image } from '../node.js';
+import { parseFormatName } from '../node.js';
+import type { ImageFormat } from '../node.js';
 import { UsageError } from './options.js';
 import { toFixedC } from './format.js';
-import { strerror } from '../errno.js';
+import { strerror } from '../node.js';
 
 export const PROG = 'qimg';
 
@@ -59,11 +59,7 @@ export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<
   }
 }
 
-/** What qemu prints when it opens a probed raw image for writing (qemu-io, qemu-img check -r). */
-export const probedRawWarning = (path: string): string =>
-  `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
-  '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-  "         Specify the 'raw' format explicitly to remove the restrictions.\n";
+export { probedRawWarning } from '../node.js';
 
 const CACHE_MODES = new Set(['none', 'writeback', 'writethrough', 'directsync', 'unsafe', 'off']);
 export const validCache = (mode: string): boolean => CACHE_MODES.has(mode);

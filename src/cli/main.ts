@@ -4,7 +4,7 @@
  * Every failure is one `qimg: <message>` on stderr and qemu-img's exit code.
  */
 import { readFileSync } from 'node:fs';
-import { onLockWarning } from '../io/locks.js';
+import { onLockWarning } from '../node.js';
 import { CliError, err, out, PROG } from './common.js';
 import { cmdBench } from './img/bench.js';
 import { cmdCheck } from './img/check.js';

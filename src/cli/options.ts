@@ -117,4 +117,4 @@ export function getopt(args: readonly string[], optstring: string, longs: readon
 }
 
 /** qemu's size syntax, shared with -o option values (units.ts). */
-export { parseSize } from '../units.js';
+export { parseSize } from '../node.js';

@@ -1,13 +1,14 @@
 /** Every format qimg knows, registered with the block layer. */
-import { registerFormat, registerOverlayFormat } from '../block/open.js';
+import { registerOverlayFormat } from '../block/open.js';
+import { registerFormat } from '../block/format.js';
 import { createQcow2 } from './qcow2/create.js';
-import { openQed } from './qed/qed.js';
-import { openRaw } from './raw/raw.js';
-import { openQcow2 } from './qcow2/qcow2.js';
+import { qcow2Format } from './qcow2/descriptor.js';
+import { qedFormat } from './qed/descriptor.js';
+import { rawFormat } from './raw/descriptor.js';
 
-registerFormat('raw', openRaw);
-registerFormat('qcow2', openQcow2);
-registerFormat('qed', openQed);
+registerFormat(rawFormat);
+registerFormat(qcow2Format);
+registerFormat(qedFormat);
 
 // Snapshot mode's overlay: qcow2 with qemu's defaults, as qemu's temporary snapshot.
 registerOverlayFormat('qcow2', (storage, o, codecs) =>

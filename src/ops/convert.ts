@@ -7,6 +7,7 @@
  */
 import { extents, type Image } from '../block/image.js';
 import { isZero } from './compare.js';
+import type { OperationOptions } from './operation.js';
 
 /** Where converted bytes go: a raw file or a writable image. */
 export interface ConvertTarget {
@@ -19,7 +20,7 @@ export interface ConvertTarget {
   close(): Promise<void>;
 }
 
-export interface ConvertOptions {
+export interface ConvertOptions extends OperationOptions {
   /** -S: zero detection granularity in bytes; 0 writes everything (fully allocated). Default 4096. */
   sparseSize?: number;
   /** -m: requests in flight. Default 8. */

@@ -1,101 +1,52 @@
 /**
  * measure: how large an image of a given format would be, for a virtual
- * size or for the contents of a source image, with qemu-img's algorithm.
+ * size or for the contents of a source image, with qemu-img's algorithm
+ * (the target format's own measure, through its descriptor).
  */
 import { ImageError } from '../errors.js';
 import type { Image } from '../block/image.js';
-import type { OptionBag } from '../block/options.js';
-import { parseMeasureOptions } from '../formats/qcow2/create-options.js';
-import { bitmapsSize, l1TooLarge, preallocSize } from '../formats/qcow2/measure.js';
-import { alignUp } from '../units.js';
+import { optionsToBag } from '../block/create-options.js';
+import { formatDescriptor, type MeasureResult } from '../block/format.js';
+import { OptionBag } from '../block/options.js';
+import type { OperationOptions } from './operation.js';
+import { throwIfAborted } from './operation.js';
 
-export interface MeasureResult {
-  required: number;
-  'fully-allocated': number;
-  bitmaps?: number;
-}
+export type { MeasureResult } from '../block/format.js';
 
 /**
- * `opts` are the target's -o options; `size` is --size (already parsed);
- * `source` an open image (with its backing chain).
+ * `opts` are the target's -o options (the format's own; protocol options
+ * such as nocow are the caller's to drop); `size` is --size; `source` an
+ * open image (with its backing chain).
  */
 export async function measure(targetFormat: string, opts: OptionBag, size: number | undefined, source?: Image): Promise<MeasureResult> {
+  const d = formatDescriptor(targetFormat);
+  if (!d.measure) throw new ImageError('unsupported', `Block driver '${targetFormat}' does not support size measurement`);
   if (size !== undefined) opts.set('size', String(size));
-  switch (targetFormat) {
-    case 'raw': {
-      opts.string('preallocation');
-      const optSize = opts.size('size', 0);
-      opts.assertAllUsed();
-      const required = source ? source.size : alignUp(optSize, 512);
-      return { required, 'fully-allocated': required };
-    }
-    case 'qcow2':
-      return measureQcow2(opts, source);
-    case 'qed':
-      throw new ImageError('unsupported', "Block driver 'qed' does not support size measurement");
-    default:
-      throw new ImageError('bad-argument', `Unknown file format '${targetFormat}'`);
-  }
+  return d.measure(opts, source);
 }
 
-async function measureQcow2(bag: OptionBag, source?: Image): Promise<MeasureResult> {
-  const o = parseMeasureOptions(bag);
-  bag.assertAllUsed();
-  let virtualSize = alignUp(o.size ?? 0, o.clusterSize);
-  if (l1TooLarge(virtualSize, o.clusterSize, o.extendedL2)) {
-    throw new ImageError('bad-argument', 'The image size is too large (try using a larger cluster size)');
-  }
-  let required = 0;
-  if (source) {
-    virtualSize = alignUp(source.size, o.clusterSize);
-    if (o.backingFile !== undefined) {
-      // The new image's backing file may share nothing with the source: count everything.
-      required = virtualSize;
-    } else {
-      required = await allocatedDataBytes(source, o.clusterSize);
-    }
-  }
-  if (o.preallocation === 'full' || o.preallocation === 'falloc') required = virtualSize;
-  const refcountOrder = Math.log2(o.refcountBits);
-  const fully = luksPayload(o) + preallocSize(virtualSize, o.clusterSize, refcountOrder, o.extendedL2);
-  const result: MeasureResult = { required: fully - virtualSize + required, 'fully-allocated': fully };
-  const sourceBitmaps = o.version >= 3 && source ? await persistentBitmaps(source) : undefined;
-  if (sourceBitmaps) result.bitmaps = bitmapsSize(sourceBitmaps, source!.size, o.clusterSize);
-  return result;
+export interface MeasureImageOptions extends Pick<OperationOptions, 'signal'> {
+  /** The target format. */
+  format: string;
+  /** An empty image of this virtual size (qemu-img measure --size); or give `source`. */
+  size?: number;
+  /** An open image whose contents the target would hold. */
+  source?: Image;
+  /** The target's creation options, typed as for createImage (clusterSize, refcountBits, ...). */
+  options?: Readonly<Record<string, unknown>>;
 }
 
 /**
- * Bytes of clusters that hold data in the source, as qemu counts them:
- * zero runs are skipped; a data run is extended to the end of its cluster.
+ * How many bytes an image of `format` needs: `required` for the source's
+ * contents (or an empty image of `size`), `fully-allocated` when every
+ * cluster is allocated, and `bitmaps` for a source's persistent bitmaps.
+ *
+ * @example
+ * const { required } = await measureImage({ format: 'qcow2', source: img, options: { clusterSize: 65536 } });
  */
-async function allocatedDataBytes(source: Image, clusterSize: number): Promise<number> {
-  let required = 0;
-  let offset = 0;
-  while (offset < source.size) {
-    const e = await source.blockStatus(offset, source.size - offset);
-    let pnum = e.length;
-    if (!e.zero && e.data && e.present) {
-      pnum = alignUp(offset + pnum, clusterSize) - offset;
-      required += (offset % clusterSize) + pnum;
-    }
-    offset += pnum;
-  }
-  return required;
+export async function measureImage(req: MeasureImageOptions): Promise<MeasureResult> {
+  throwIfAborted(req.signal);
+  if ((req.size === undefined) === (req.source === undefined)) throw new ImageError('bad-argument', 'Either size or source must be given');
+  const bag = optionsToBag(req.format, req.options ?? {});
+  return measure(req.format, bag, req.size, req.source);
 }
-
-/** LUKS headers are not measured yet: encrypted targets are refused at create. */
-function luksPayload(o: { encryptFormat?: string }): number {
-  if (o.encryptFormat === 'luks') throw new ImageError('unsupported', 'Measuring LUKS-encrypted targets is not supported');
-  return 0;
-}
-
-/** The persistent bitmaps of a qcow2 v3 source, or undefined if it cannot hold any. */
-async function persistentBitmaps(source: Image): Promise<{ name: string; granularity: number }[] | undefined> {
-  if (source.format !== 'qcow2') return undefined;
-  const info = await source.info();
-  const data = info['format-specific']?.data;
-  if (!data || data.compat !== '1.1') return undefined;
-  const list = (data.bitmaps ?? []) as { name: string; granularity: number }[];
-  return list;
-}
-

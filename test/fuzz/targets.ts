@@ -16,7 +16,7 @@ import { openImage, type Host } from '../../src/block/open.js';
 import { ImageError } from '../../src/errors.js';
 import { nodeCodecs } from '../../src/io/codecs.js';
 import { MemoryStorage } from '../../src/io/memory.js';
-import { checkImage, checkQcow2 } from '../../src/formats/qcow2/check.js';
+import { checkQcow2File as checkImage, checkQcow2 } from '../../src/formats/qcow2/check.js';
 import type { QedDriver } from '../../src/formats/qed/qed.js';
 import { convertImages, ConvertError, type ConvertTarget } from '../../src/ops/convert.js';
 import { mapImage } from '../../src/ops/map.js';

@@ -3,8 +3,7 @@ import assert from 'node:assert/strict';
 import { qdictOrder, tdbHash, toQemuJson } from '../../src/cli/json.js';
 import { humanInfo, snapshotLine, dumpQObject } from '../../src/cli/img/info.js';
 import { jsonEntry } from '../../src/cli/img/map.js';
-import { imageCheckJson } from '../../src/formats/qcow2/check.js';
-import { emptyCounts } from '../../src/formats/qcow2/check-refs.js';
+import { checkJson as imageCheckJson, emptyCounts } from '../../src/block/check.js';
 
 // Captured from qemu-img 7.2.22: `qemu-img create -f qcow2 t.qcow2 1G; qemu-img info --output=json t.qcow2`
 const QCOW2_INFO = `{

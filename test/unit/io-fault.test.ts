@@ -31,7 +31,7 @@ import { parseHeader as parseQedHeader } from '../../src/formats/qed/header.js';
 import { FaultyStorage, type FaultErrno, type FaultPlan } from '../helpers/faulty-storage.js';
 import { bytesImage } from '../helpers/tools.js';
 import { convertImages, ConvertError } from '../../src/ops/convert.js';
-import { imageTarget } from '../../src/cli/img/convert.js';
+import { imageTarget } from '../../src/ops/convert-targets.js';
 
 const SIZE = 512 * 1024;
 

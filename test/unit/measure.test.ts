@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { OptionBag } from '../../src/block/options.js';
-import { measure } from '../../src/ops/measure.js';
+import { measure } from '../../src/index.js';
 import { preallocSize, refcountMetadataSize } from '../../src/formats/qcow2/measure.js';
 
 const haveQemu = spawnSync('qemu-img', ['--version']).status === 0;

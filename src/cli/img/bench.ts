@@ -1,8 +1,8 @@
 /** qemu-img bench: the same options and output lines. */
-import { bench } from '../../ops/bench.js';
-import { parseFormatName } from '../../block/probe.js';
+import { bench } from '../../node.js';
+import { parseFormatName } from '../../node.js';
 import { openImageFile } from '../../node.js';
-import { type CacheMode, dropsFlushes, flushesEachWrite, parseCacheMode } from '../../io/cache.js';
+import { type CacheMode, dropsFlushes, flushesEachWrite, parseCacheMode } from '../../node.js';
 import { CliError, cvtnum, messageOf, out } from '../common.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 

@@ -1,6 +1,6 @@
 /** qemu-img compare: messages on stdout, exit 0 identical, 1 different, 2 open error, 3/4 I/O. */
-import type { Image } from '../../block/image.js';
-import { compareImages, CompareFailure } from '../../ops/compare.js';
+import type { Image } from '../../node.js';
+import { compareImages, CompareFailure } from '../../node.js';
 import { CliError, openCli, out, Progress, validCache } from '../common.js';
 import { getopt, UsageError } from '../options.js';
 

@@ -1,18 +1,9 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
-import { availableParallelism } from 'node:os';
-import type { Image } from '../../block/image.js';
-import { imagePermissions } from '../../block/perms.js';
-import { parseFormatName } from '../../block/probe.js';
-import { openImageFile } from '../../node.js';
-import { FileStorage } from '../../io/file.js';
-import type { Storage } from '../../io/storage.js';
-import { convertImages, ConvertError, totalSize, type ConvertTarget } from '../../ops/convert.js';
-import { dropsFlushes, flushesEachWrite, parseCacheMode } from '../../io/cache.js';
-import { rateLimited } from '../../ops/ratelimit.js';
-import { writethroughTarget } from '../../ops/writethrough.js';
+import { convertImageFile, isImageError, parseCacheMode } from '../../node.js';
 import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
 import { getopt, parseSize } from '../options.js';
-import { accumulate, createFormatted, CreateError, hasHelpOption, optionHelp, parseCreateOptions } from './create.js';
+import { hasHelpOption } from '../../node.js';
+import { accumulate, optionHelp } from './create.js';
 
 export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
 
@@ -44,30 +35,6 @@ Copy one or more images (concatenated) into a new image.
 
 const SECTOR = 512;
 const MAX_SPARSE = 32768 * SECTOR;
-
-/** A raw file as a convert target: writes go straight to the file. */
-export function storageTarget(st: Storage): ConvertTarget {
-  return {
-    write: (offset, data) => st.write(data, offset),
-    writeZeroes: st.writeZeroes ? (offset, length) => st.writeZeroes!(offset, length) : undefined,
-    flush: () => st.flush(),
-    close: () => st.close(),
-  };
-}
-
-/** A writable image as a convert target. */
-export function imageTarget(img: Image): ConvertTarget {
-  return {
-    write: (offset, data) => img.write(offset, data),
-    writeCompressed: (offset, data) => img.write(offset, data, { compressed: true }),
-    writeZeroes: (offset, length) => img.writeZeroes(offset, length, { mayUnmap: true }),
-    flush: () => img.flush(),
-    close: () => img.close(),
-  };
-}
-
-/** A value by name without disturbing later parsing (reading marks it used, which is harmless here). */
-const OptionBagPeek = (bag: { string(k: string): string | undefined }, key: string): string | undefined => bag.string(key);
 
 export async function cmdConvert(args: string[]): Promise<number> {
   const { options, operands } = getopt(args, ':hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:', [
@@ -229,120 +196,38 @@ export async function cmdConvert(args: string[]): Promise<number> {
 
   const meter = new Progress(progress, 1.0);
   meter.print(0, 100);
-  const sources: Image[] = [];
-  let storage: Storage | undefined;
-  let image: Image | undefined;
   try {
-    // -U shares the sources only: the target is written, so it is always locked.
-    const forceShare = options.some((o) => o.key === 'U');
-    for (const p of srcPaths) sources.push(await openCli(p, { format: srcFmt, forceShare }));
-    const total = totalSize(sources);
-    const isImageFmt = outFmt === 'qcow2' || outFmt === 'qed';
-    let targetHasBacking = false;
-    if (!noCreate) {
-      if (outFmt !== 'raw' && !isImageFmt) throw new CliError(`Unknown file format '${outFmt}'`);
-    }
-    let bag;
     try {
-      bag = parseCreateOptions(parseFormatName(outFmt) ?? 'raw', optText);
-    } catch (e) {
-      throw new CliError(messageOf(e), 1, { cause: e });
-    }
-    if (outBase !== undefined) {
-      if (!isImageFmt) throw new CliError(`Backing file not supported for file format '${outFmt}'`);
-      bag.set('backing_file', outBase);
-    }
-    if (outBaseFmt !== undefined) {
-      if (!isImageFmt) throw new CliError(`Backing file format not supported for file format '${outFmt}'`);
-      bag.set('backing_fmt', outBaseFmt);
-    }
-    if (bag.has('backing_file')) {
-      targetHasBacking = true;
-      // qemu-img 7.2 prints this and exits 0 without converting; exiting 1 keeps scripts from taking it for success.
-      if (targetIsZero) throw new CliError('Cannot use --target-is-zero when the destination image has a backing file');
-      if (srcPaths.length > 1) throw new CliError('Having a backing file for the target makes no sense when concatenating multiple input images');
-      if (!bag.has('backing_fmt')) throw new CliError('Use of backing file requires explicit backing format');
-    }
-    if (compress) {
-      if (outFmt !== 'qcow2') throw new CliError('Compression not supported for this file format');
-      const enc = OptionBagPeek(bag, 'encryption') === 'on' || bag.has('encrypt.format');
-      if (enc) throw new CliError('Compression and encryption not supported at the same time');
-      const pre = OptionBagPeek(bag, 'preallocation');
-      if (pre !== undefined && pre !== 'off') throw new CliError('Compression and preallocation not supported at the same time');
-    }
-    // qemu-img's default target cache mode is unsafe: flushes are skipped.
-    const cacheMode = parseCacheMode(cache ?? 'unsafe');
-    if (cacheMode === undefined) throw new CliError(`Invalid cache option: ${cache}`);
-    const targetUnsafe = dropsFlushes(cacheMode);
-
-    // Raw outputs too: -o preallocation (off, falloc, full) must take effect.
-    if (!noCreate) {
-      try {
-        await createFormatted({ filename: outPath, fmt: outFmt, bag, size: total, printLine: false });
-      } catch (e) {
-        throw new CliError(`${outPath}: error while converting ${outFmt}: ${messageOf(e)}${e instanceof CreateError ? e.hint.replace(/\n$/, '') : ''}`, 1, { cause: e });
-      }
-    }
-
-    let target: ConvertTarget;
-    let clusterSize: number | undefined;
-    if (isImageFmt) {
-      try {
-        image = await openImageFile(outPath, { format: outFmt as 'qcow2' | 'qed', writable: true, unsafe: targetUnsafe });
-      } catch (e) {
-        throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
-      }
-      if (noCreate && image.size < total) throw new CliError('output file is smaller than input file');
-      target = imageTarget(image);
-      if (compress) clusterSize = (await image.info())['cluster-size'];
-    } else {
-      try {
-        storage = await FileStorage.open(outPath, { writable: true, unsafe: targetUnsafe, permissions: imagePermissions('raw', { writable: true }) });
-      } catch (e) {
-        throw new CliError(`Could not open '${outPath}': ${messageOf(e)}`, 1, { cause: e });
-      }
-      if (noCreate) {
-        const outSize = Math.ceil((await storage.size()) / SECTOR) * SECTOR;
-        if (outSize < total) throw new CliError('output file is smaller than input file');
-      }
-      target = storageTarget(storage);
-    }
-
-    if (flushesEachWrite(cacheMode)) target = writethroughTarget(target);
-    if (rateLimit > 0) target = rateLimited(target, rateLimit);
-    try {
-      await convertImages(sources, target, {
+      await convertImageFile(srcPaths, outPath, {
+        format: outFmt,
+        sourceFormat: srcFmt,
+        options: optText,
+        backingFile: outBase,
+        backingFormat: outBaseFmt,
+        compress,
+        noCreate,
+        targetIsZero,
         sparseSize,
-        // Compression runs on worker threads and the libuv pool: keep every core busy.
-        parallel: compress ? Math.max(parallel, 2 * availableParallelism()) : parallel,
-        targetIsZero: !noCreate || targetIsZero,
-        targetHasBacking,
+        parallel,
         inOrder: !outOfOrder,
-        salvage: salvage ? (offset, message) => {
-          if (!quiet) err(`${PROG}: warning: error while reading offset ${offset}: ${message}\n`);
-        } : undefined,
-        compressClusterSize: clusterSize,
-        progress: (pct) => meter.print(pct, 0),
+        rateLimit,
+        salvage: salvage
+          ? (offset, message) => {
+              if (!quiet) err(`${PROG}: warning: error while reading offset ${offset}: ${message}\n`);
+            }
+          : undefined,
+        cache: cache ?? 'unsafe',
+        // -U shares the sources only: the target is written, so it is always locked.
+        forceShare: options.some((o) => o.key === 'U'),
+        onPercent: (pct) => meter.print(pct, 0),
       });
     } catch (e) {
-      throw new CliError(e instanceof ConvertError ? e.message : `error while converting: ${messageOf(e)}`, 1, { cause: e });
-    }
-    // Closed here rather than in `finally`, whose errors are dropped: closing
-    // writes the last metadata (and syncs unless cache=unsafe), so a failure
-    // now means the output is incomplete and must not end in exit code 0.
-    const closing = image ?? storage;
-    image = storage = undefined;
-    try {
-      await closing?.close();
-    } catch (e) {
-      throw new CliError(`error while converting: ${messageOf(e)}`, 1, { cause: e });
+      if (isImageError(e)) throw new CliError(e.message, 1, { cause: e });
+      throw e;
     }
     meter.print(100, 0);
   } finally {
     meter.end();
-    await storage?.close().catch(() => {});
-    await image?.close().catch(() => {});
-    for (const s of sources) await s.close().catch(() => {});
   }
   return 0;
 }

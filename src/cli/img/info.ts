@@ -1,5 +1,5 @@
 /** qemu-img info, as QEMU 7.2 prints it (ImageInfo, no child nodes). */
-import type { ImageInfo, SnapshotInfo } from '../../block/info.js';
+import type { ImageInfo, SnapshotInfo } from '../../node.js';
 import { CliError, openCli, out, outputFormat } from '../common.js';
 import { sizeToStr } from '../format.js';
 import { qdictOrder, toQemuJson } from '../json.js';

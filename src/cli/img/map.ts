@@ -1,5 +1,5 @@
 /** qemu-img map, as QEMU 7.2 prints it (no "compressed" member in JSON). */
-import { mapImage, type MapEntry } from '../../ops/map.js';
+import { mapImage, type MapEntry } from '../../node.js';
 import { CliError, cvtnum, openCli, out, outputFormat } from '../common.js';
 import { hashHex } from '../format.js';
 import { getopt, parseSize, UsageError } from '../options.js';

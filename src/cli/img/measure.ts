@@ -1,11 +1,9 @@
 /** qemu-img measure: the size an image of a format needs, for --size N or for a source image. */
-import { OptionBag } from '../../block/options.js';
-import type { Image } from '../../block/image.js';
-import { measure } from '../../ops/measure.js';
+import { findFormat, measure, OptionBag, parseCreateOptions, type Image } from '../../node.js';
 import { CliError, cvtnum, messageOf, openCli, out, outputFormat } from '../common.js';
 import { toQemuJson } from '../json.js';
 import { getopt, parseSize } from '../options.js';
-import { accumulate, parseCreateOptions } from './create.js';
+import { accumulate } from './create.js';
 
 export const measureHelp = `usage: qimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]
 
@@ -88,8 +86,9 @@ export async function cmdMeasure(args: string[]): Promise<number> {
   let source: Image | undefined;
   try {
     if (filename !== undefined) source = await openCli(filename, { format: fmt, forceShare: options.some((o) => o.key === 'U') });
-    if (outFmt !== 'raw' && outFmt !== 'qcow2' && outFmt !== 'qed') throw new CliError(`Unknown file format '${outFmt}'`);
-    if (outFmt === 'qed') throw new CliError("Block driver 'qed' does not support size measurement");
+    const target = findFormat(outFmt);
+    if (!target) throw new CliError(`Unknown file format '${outFmt}'`);
+    if (!target.measure) throw new CliError(`Block driver '${outFmt}' does not support size measurement`);
     try {
       parseCreateOptions(outFmt, optText);
     } catch (e) {

@@ -3,16 +3,16 @@
  * output is written as soon as it completes, in qemu-io's exact words.
  */
 import { createInterface } from 'node:readline';
-import type { Image } from '../../block/image.js';
-import { parseFormatName } from '../../block/probe.js';
+import type { Image } from '../../node.js';
+import { parseFormatName } from '../../node.js';
 import { openImageFile } from '../../node.js';
 import { readFileSync } from 'node:fs';
-import { isImageError } from '../../errors.js';
+import { isImageError } from '../../node.js';
 import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror } from '../common.js';
 import { cvtstr, timestr, toFixedC } from '../format.js';
 import { dumpQObject } from '../img/info.js';
 import { getopt, parseSize } from '../options.js';
-import { dropsFlushes, flushesEachWrite, parseCacheMode, type CacheMode } from '../../io/cache.js';
+import { dropsFlushes, flushesEachWrite, parseCacheMode, type CacheMode } from '../../node.js';
 
 export const ioHelp = `usage: qimg io [-f fmt] [-r] [-s] [-U] [-d discard] [-t cache] [-c command]... [file]
 

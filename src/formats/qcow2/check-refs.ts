@@ -8,6 +8,7 @@
  * before it is read, arrays are sized by the file, not by header claims,
  * and the number of table entries visited is capped.
  */
+import { emptyCounts, type CheckCounts, type RepairMode } from '../../block/check.js';
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { readBitmapDirectory } from './bitmap.js';
@@ -26,33 +27,7 @@ const TWO_32 = 0x1_0000_0000;
 const MAX_MESSAGES = 100_000;
 
 /** QEMU's BdrvCheckResult with its fragmentation info flattened. */
-export interface CheckCounts {
-  corruptions: number;
-  leaks: number;
-  checkErrors: number;
-  corruptionsFixed: number;
-  leaksFixed: number;
-  imageEndOffset: number;
-  totalClusters: number;
-  allocatedClusters: number;
-  fragmentedClusters: number;
-  compressedClusters: number;
-}
-
-export const emptyCounts = (): CheckCounts => ({
-  corruptions: 0,
-  leaks: 0,
-  checkErrors: 0,
-  corruptionsFixed: 0,
-  leaksFixed: 0,
-  imageEndOffset: 0,
-  totalClusters: 0,
-  allocatedClusters: 0,
-  fragmentedClusters: 0,
-  compressedClusters: 0,
-});
-
-export type FixMode = 'none' | 'leaks' | 'all';
+export type FixMode = RepairMode;
 
 /** Lower-case hex of a u64 given as two 32-bit words, as printf("%" PRIx64). */
 export function hex64(hi: number, lo: number): string {

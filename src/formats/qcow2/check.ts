@@ -18,17 +18,17 @@ import {
   CheckFailure,
   CheckState,
   DiskRefcounts,
-  emptyCounts,
   hex64,
   readSnapshotRefs,
   RefcountArray,
-  type CheckCounts,
   type FixMode,
 } from './check-refs.js';
+import { checkExitCode, emptyCounts, type CheckCounts, type CheckResult } from '../../block/check.js';
 import { rebuildRefcountStructure } from './repair.js';
 import { refuseWithoutKey } from './encryption.js';
 
-export type { CheckCounts, FixMode } from './check-refs.js';
+export type { FixMode } from './check-refs.js';
+export type { CheckCounts } from '../../block/check.js';
 
 export interface CheckReport extends CheckCounts {
   /** The lines QEMU prints to stderr during the check, in order. */
@@ -360,24 +360,15 @@ export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<
   return { ...st.res, messages, errors: st.errors, messagesDropped: st.dropped, rebuildNeeded, failed };
 }
 
-export interface CheckOutcome {
-  /** What qemu-img prints: the last pass, with the first pass's *Fixed counts. */
-  report: CheckReport;
-  /** Set when the first pass repaired something (qemu-img then prints the repair summary). */
-  repaired?: { leaksFixed: number; corruptionsFixed: number };
-  /** Every per-problem stderr line of both passes, in order. */
-  messages: string[];
-  /** error_report lines of the last pass (print as "<prog>: <line>"), then "Check failed" if report.failed. */
-  errors: string[];
-  /** qemu-img check's exit code: 0 clean, 1 check failed, 2 corruptions, 3 leaks only. */
-  exitCode: 0 | 1 | 2 | 3;
-}
-
-/** qemu-img check [-r leaks|all] on a qcow2 image file (img_check). */
-export async function checkImage(storage: Storage, fix: FixMode = 'none'): Promise<CheckOutcome> {
+/**
+ * qemu-img check [-r leaks|all] on a qcow2 image file (img_check): a
+ * repairing pass, then, if it repaired anything, a plain second pass whose
+ * counts are reported with the first pass's *Fixed numbers.
+ */
+export async function checkQcow2File(storage: Storage, fix: FixMode = 'none'): Promise<CheckResult & { report: CheckReport }> {
   const first = await checkQcow2(storage, { fix });
   let report = first;
-  let repaired: CheckOutcome['repaired'];
+  let repaired: CheckResult['repaired'];
   const messages = [...first.messages];
   if (!first.failed && (first.corruptionsFixed || first.leaksFixed)) {
     repaired = { leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed };
@@ -386,32 +377,14 @@ export async function checkImage(storage: Storage, fix: FixMode = 'none'): Promi
     report.corruptionsFixed = first.corruptionsFixed;
     messages.push(...report.messages);
   }
-  const exitCode = report.failed || report.checkErrors ? 1 : report.corruptions ? 2 : report.leaks ? 3 : 0;
-  const out: CheckOutcome = { report, messages, errors: report.errors, exitCode };
+  const out: CheckResult & { report: CheckReport } = {
+    report,
+    counts: report,
+    messages,
+    errors: report.errors,
+    exitCode: checkExitCode(report, report.failed),
+  };
+  if (report.failed !== undefined) out.failed = report.failed;
   if (repaired) out.repaired = repaired;
   return out;
-}
-
-/**
- * qemu-img check --output=json's object (QAPI ImageCheck), members in
- * the order QEMU prints them, zero-valued optional members omitted.
- */
-export function imageCheckJson(r: CheckCounts, filename: string, format: string): Record<string, string | number> {
-  const o: Record<string, string | number> = {};
-  const opt = (k: string, v: number): void => {
-    if (v !== 0) o[k] = v;
-  };
-  opt('image-end-offset', r.imageEndOffset);
-  opt('compressed-clusters', r.compressedClusters);
-  opt('total-clusters', r.totalClusters);
-  opt('corruptions', r.corruptions);
-  opt('corruptions-fixed', r.corruptionsFixed);
-  o['check-errors'] = r.checkErrors;
-  opt('leaks', r.leaks);
-  opt('leaks-fixed', r.leaksFixed);
-  opt('allocated-clusters', r.allocatedClusters);
-  o.filename = filename;
-  o.format = format;
-  opt('fragmented-clusters', r.fragmentedClusters);
-  return o;
 }

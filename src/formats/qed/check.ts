@@ -8,7 +8,8 @@
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { ENTRY_BYTES, TABLE_CHUNK_BYTES } from './constants.js';
-import type { QedHeader } from './header.js';
+import { parseHeader, type QedHeader } from './header.js';
+import { checkExitCode, emptyCounts, type CheckCounts, type CheckResult, type RepairMode } from '../../block/check.js';
 import { entryAt, isUnallocated, isValidClusterOffset, isValidTableOffset, isZeroCluster, type QedGeometry } from './table.js';
 
 export interface QedCheckReport {
@@ -175,4 +176,33 @@ async function forEachEntry(
       if (v !== 0) await fn(offset + (first + i) * ENTRY_BYTES, v);
     }
   }
+}
+
+/**
+ * qemu-img check [-r] on a QED image file: any repair mode fixes invalid
+ * entries (qemu's bdrv_qed_co_check); a repair is followed by a plain second
+ * pass, whose counts are reported.
+ */
+export async function checkQedFile(storage: Storage, repair: RepairMode): Promise<CheckResult> {
+  const scan = async (doFix: boolean): Promise<CheckCounts> => {
+    const bytes = new Uint8Array(4096);
+    await storage.read(bytes, 0);
+    const { header, geometry } = parseHeader(bytes, await storage.size());
+    const q = await checkQedImage(storage, header, geometry, { fix: doFix });
+    return {
+      ...emptyCounts(),
+      corruptions: q.corruptions,
+      leaks: q.leaks,
+      checkErrors: q.checkErrors,
+      corruptionsFixed: q.corruptionsFixed,
+      totalClusters: q.totalClusters,
+      allocatedClusters: q.allocatedClusters,
+      fragmentedClusters: q.fragmentedClusters,
+    };
+  };
+  const first = await scan(repair !== 'none');
+  if (first.corruptionsFixed === 0) return { counts: first, messages: [], errors: [], exitCode: checkExitCode(first) };
+  const second = await scan(false);
+  second.corruptionsFixed = first.corruptionsFixed;
+  return { counts: second, repaired: { leaksFixed: 0, corruptionsFixed: first.corruptionsFixed }, messages: [], errors: [], exitCode: checkExitCode(second) };
 }

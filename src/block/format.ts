@@ -1,0 +1,79 @@
+/**
+ * A format is one folder that registers one descriptor here: how to open
+ * it, its creation options and how to create it, and (where it has them) its
+ * consistency check and size measurement. The block layer, ops/ and the CLI
+ * dispatch through the descriptor; nothing above formats/ names a format's
+ * internals, so a new format is one folder and one registration.
+ */
+import { ImageError } from '../errors.js';
+import type { Storage } from '../io/storage.js';
+import type { Codecs } from './codecs.js';
+import type { DriverOpener, ImageFormat } from './driver.js';
+import type { Image } from './image.js';
+import type { OptionBag } from './options.js';
+import type { OptionSpec } from './create-options.js';
+import type { CheckResult, RepairMode } from './check.js';
+
+/** What creating an image may need from its caller. */
+export interface CreateContext {
+  codecs: Codecs;
+  /** Create (truncate) an external data file the options name (qcow2 data_file). */
+  openDataFile?(name: string): Promise<Storage>;
+}
+
+/** qemu-img measure's answer (QAPI BlockMeasureInfo). */
+export interface MeasureResult {
+  /** Bytes the image needs for the given contents (or an empty image of the size). */
+  required: number;
+  /** Bytes it needs when every cluster is allocated. */
+  'fully-allocated': number;
+  /** Bytes the source's persistent bitmaps need (qcow2 v3 sources and targets). */
+  bitmaps?: number;
+}
+
+export interface FormatDescriptor {
+  readonly name: ImageFormat;
+  /** Whether images of this format may name a backing file. */
+  readonly supportsBacking: boolean;
+  /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */
+  probe?(head: Uint8Array): boolean;
+  readonly open: DriverOpener;
+  /** The -o options of this format, in the order qemu prints them on its Formatting line. */
+  readonly createOptions: readonly OptionSpec[];
+  /**
+   * Check the option values' types and the format's own rules that qemu
+   * applies before it prints the Formatting line; returns that line.
+   * `bag` holds size (and backing_file, backing_fmt) by now.
+   */
+  createLine(filename: string, bag: OptionBag): string;
+  /** Write a new, empty image into `storage` (bdrv_create): the format's checks, then the bytes. */
+  create(storage: Storage, bag: OptionBag, ctx: CreateContext): Promise<void>;
+  /** One check of an image file, with qemu-img check's repair semantics. Absent: "does not support checks". */
+  check?(storage: Storage, repair: RepairMode): Promise<CheckResult>;
+  /** qemu-img measure for this target format. Absent: "does not support size measurement". */
+  measure?(bag: OptionBag, source?: Image): Promise<MeasureResult>;
+}
+
+const formats = new Map<ImageFormat, FormatDescriptor>();
+
+/** Formats register themselves here (see formats/index.ts). */
+export function registerFormat(descriptor: FormatDescriptor): void {
+  formats.set(descriptor.name, descriptor);
+}
+
+/** The descriptor of a registered format, or undefined. */
+export function findFormat(name: string): FormatDescriptor | undefined {
+  return formats.get(name as ImageFormat);
+}
+
+/** The descriptor of a registered format; qemu's "Unknown driver" otherwise. */
+export function formatDescriptor(name: string): FormatDescriptor {
+  const d = findFormat(name);
+  if (!d) throw new ImageError('unsupported', `Unknown driver '${name}'`);
+  return d;
+}
+
+/** Names of the registered formats, in registration order. */
+export function registeredFormats(): ImageFormat[] {
+  return [...formats.keys()];
+}
