@@ -30,21 +30,47 @@ function onSignal(signal: AbortSignal | undefined, onAbort: () => void): () => v
 }
 
 /**
- * Pulls from `produce` one call at a time, remembering the call in flight so
- * that an abort errors the stream only after it has settled.
+ * What both readable streams share: pulls run one at a time (the stream
+ * machinery guarantees it), and a fired signal errors the stream once the
+ * pull in flight has settled, so no read outlives the error.
  */
-class Puller {
+class PullGate {
   private inFlight: Promise<unknown> = Promise.resolve();
+  /** Ended, cancelled or aborted: a pull finishing now must not touch the controller. */
   done = false;
+  private detach = (): void => {};
 
-  run<T>(produce: () => Promise<T>): Promise<T> {
-    const p = produce();
-    this.inFlight = p.catch(() => {});
-    return p;
+  constructor(private readonly signal: AbortSignal | undefined) {}
+
+  start(controller: { error(e: unknown): void }): void {
+    this.detach = onSignal(this.signal, () => {
+      if (this.done) return;
+      this.finish();
+      void this.inFlight.then(() => controller.error(abortError(this.signal!)));
+    });
   }
 
-  settled(): Promise<unknown> {
-    return this.inFlight;
+  /** Runs one pull's read; null once the gate has closed meanwhile. */
+  async run<T>(read: () => Promise<T>): Promise<T | null> {
+    const p = read();
+    this.inFlight = p.catch(() => {});
+    try {
+      const v = await p;
+      return this.done ? null : v;
+    } catch (e) {
+      this.finish();
+      throw e;
+    }
+  }
+
+  finish(): void {
+    this.done = true;
+    this.detach();
+  }
+
+  async cancel(): Promise<void> {
+    this.finish();
+    await this.inFlight;
   }
 }
 
@@ -55,47 +81,31 @@ class Puller {
  */
 export function imageReadableStream(image: Image, opts: ImageReadOptions = {}): ReadableStream<Uint8Array> {
   const reader = new ImageChunkReader(image, opts);
-  const puller = new Puller();
-  let detach = (): void => {};
-  const finish = (): void => {
-    puller.done = true;
-    detach();
-  };
-  return new ReadableStream({
-    type: 'bytes',
-    start(controller) {
-      detach = onSignal(opts.signal, () => {
-        if (puller.done) return;
-        finish();
-        void puller.settled().then(() => controller.error(abortError(opts.signal!)));
-      });
-    },
-    async pull(controller) {
-      const req = controller.byobRequest;
-      const view = req?.view ? new Uint8Array(req.view.buffer, req.view.byteOffset, req.view.byteLength) : undefined;
-      let next;
-      try {
-        next = await puller.run(() => reader.nextBytes(view));
-      } catch (e) {
-        finish();
-        throw e;
-      }
-      if (puller.done) return; // aborted meanwhile: the abort handler errors the stream
-      if (!next) {
-        finish();
-        controller.close();
-        req?.respond(0);
-        return;
-      }
-      if (req) req.respond(next.bytes.length);
-      else controller.enqueue(next.bytes);
-    },
-    cancel() {
-      finish();
-      return puller.settled().then(() => undefined);
+  const gate = new PullGate(opts.signal);
+  return new ReadableStream(
+    {
+      type: 'bytes',
+      start: (controller) => gate.start(controller),
+      async pull(controller) {
+        const req = controller.byobRequest;
+        const view = req?.view ? new Uint8Array(req.view.buffer, req.view.byteOffset, req.view.byteLength) : undefined;
+        const next = await gate.run(() => reader.nextBytes(view));
+        if (gate.done) return; // cancelled or aborted meanwhile
+        if (!next) {
+          gate.finish();
+          controller.close();
+          req?.respond(0);
+        } else if (req) {
+          req.respond(next.bytes.length);
+        } else {
+          controller.enqueue(next.bytes);
+        }
+      },
+      cancel: () => gate.cancel(),
     },
     // One chunk read ahead of the consumer.
-  }, { highWaterMark: reader.chunkSize });
+    { highWaterMark: reader.chunkSize },
+  );
 }
 
 /**
@@ -105,41 +115,21 @@ export function imageReadableStream(image: Image, opts: ImageReadOptions = {}): 
  */
 export function imageExtentStream(image: Image, opts: ImageReadOptions = {}): ReadableStream<ImageChunk> {
   const reader = new ImageChunkReader(image, opts);
-  const puller = new Puller();
-  let detach = (): void => {};
-  const finish = (): void => {
-    puller.done = true;
-    detach();
-  };
+  const gate = new PullGate(opts.signal);
   return new ReadableStream<ImageChunk>(
     {
-      start(controller) {
-        detach = onSignal(opts.signal, () => {
-          if (puller.done) return;
-          finish();
-          void puller.settled().then(() => controller.error(abortError(opts.signal!)));
-        });
-      },
+      start: (controller) => gate.start(controller),
       async pull(controller) {
-        let next;
-        try {
-          next = await puller.run(() => reader.nextChunk());
-        } catch (e) {
-          finish();
-          throw e;
-        }
-        if (puller.done) return;
+        const next = await gate.run(() => reader.nextChunk());
+        if (gate.done) return;
         if (!next) {
-          finish();
+          gate.finish();
           controller.close();
         } else {
           controller.enqueue(next);
         }
       },
-      cancel() {
-        finish();
-        return puller.settled().then(() => undefined);
-      },
+      cancel: () => gate.cancel(),
     },
     { highWaterMark: 1 },
   );
