@@ -38,6 +38,8 @@ export class ImageFiller {
   private failure: unknown;
   private written = 0;
   private stopped = false;
+  /** Full-size block buffers whose writes have completed, reused (as convert reuses its buffers). */
+  private readonly spare: Uint8Array[] = [];
 
   constructor(
     private readonly image: Image,
@@ -124,7 +126,9 @@ export class ImageFiller {
   private newBlock(): { offset: number; buf: Uint8Array; filled: number } {
     // Blocks end at multiples of blockSize (the first may be shorter) and at the image end.
     const end = Math.min(this.image.size, (Math.floor(this.pos / this.blockSize) + 1) * this.blockSize);
-    return { offset: this.pos, buf: new Uint8Array(end - this.pos), filled: 0 };
+    const length = end - this.pos;
+    const buf = length === this.blockSize ? (this.spare.pop() ?? new Uint8Array(length)) : new Uint8Array(length);
+    return { offset: this.pos, buf, filled: 0 };
   }
 
   private async dispatch(offset: number, buf: Uint8Array): Promise<void> {
@@ -133,6 +137,7 @@ export class ImageFiller {
     if (this.failure !== undefined || this.opts.signal?.aborted) return;
     const p: Promise<void> = this.writeBlock(offset, buf).then(
       () => {
+        if (buf.length === this.blockSize) this.spare.push(buf);
         this.written += buf.length;
         this.opts.onProgress?.(this.written, this.image.size - this.start);
       },
