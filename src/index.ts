@@ -92,4 +92,12 @@ export { rateLimited } from './ops/ratelimit.js';
 export { compareImages, CompareFailure, type CompareResult, type CompareOptions } from './ops/compare.js';
 export { mapImage, type MapEntry, type MapOptions } from './ops/map.js';
 export { bench, type BenchOptions } from './ops/bench.js';
+export {
+  imageReadableStream,
+  imageExtentStream,
+  imageWritableStream,
+  type ImageChunk,
+  type ImageReadOptions,
+  type ImageWriteOptions,
+} from './ops/streams.js';
 export { parseSize } from './units.js';

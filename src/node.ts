@@ -13,3 +13,4 @@ export { convertImageFile, type ConvertFileOptions } from './node/convert.js';
 export { nodeCodecs } from './io/codecs.js';
 export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
+export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';

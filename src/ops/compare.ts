@@ -4,6 +4,7 @@
  * granularity, as qemu-img does.
  */
 import type { Extent, Image } from '../block/image.js';
+import { throwIfAborted, type OperationOptions } from './operation.js';
 
 const SECTOR = 512;
 /** qemu-img's IO_BUF_SIZE: the largest range read in one go. */
@@ -24,7 +25,11 @@ export class CompareFailure extends Error {
   }
 }
 
-export interface CompareOptions {
+/**
+ * `signal` stops the comparison between chunks (rejecting with ImageError
+ * 'aborted'); `onProgress` gets the bytes compared of the larger size.
+ */
+export interface CompareOptions extends OperationOptions {
   strict?: boolean;
   /** Names for messages; default the images' filenames. */
   names?: [string, string];
@@ -102,7 +107,13 @@ export async function compareImages(img1: Image, img2: Image, opts: CompareOptio
   if (opts.strict && sizeMismatch) return { kind: 'strict-size' };
   // qemu-img counts progress against the larger size.
   const progressBase = Math.max(size1, size2, 1);
-  const progress = (chunk: number): void => opts.progress?.(Math.fround(Math.fround(chunk / progressBase) * 100));
+  let compared = 0;
+  const progress = (chunk: number): void => {
+    opts.progress?.(Math.fround(Math.fround(chunk / progressBase) * 100));
+    compared += chunk;
+    opts.onProgress?.(compared, Math.max(size1, size2));
+  };
+  const signal = opts.signal;
 
   // Reads of empty sectors allocated on one side only.
   const checkEmpty = async (img: Image, name: string, offset: number, length: number): Promise<number> => {
@@ -114,6 +125,7 @@ export async function compareImages(img1: Image, img2: Image, opts: CompareOptio
 
   let offset = 0;
   while (offset < base) {
+    throwIfAborted(signal);
     const s1 = await status(img1, name1, offset, size1 - offset);
     const s2 = await status(img2, name2, offset, size2 - offset);
     let chunk = Math.min(s1.length, s2.length);
@@ -144,6 +156,7 @@ export async function compareImages(img1: Image, img2: Image, opts: CompareOptio
     const [over, name, total] = size1 > size2 ? [img1, name1, size1] : [img2, name2, size2];
     let pos = base;
     while (pos < total) {
+      throwIfAborted(signal);
       const s = await status(over, name, pos, total - pos);
       let chunk = s.length;
       if (s.present && !s.zero) {

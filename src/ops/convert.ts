@@ -7,7 +7,7 @@
  */
 import { extents, type Image } from '../block/image.js';
 import { isZero } from './compare.js';
-import type { OperationOptions } from './operation.js';
+import { abortError, throwIfAborted, type OperationOptions } from './operation.js';
 
 /** Where converted bytes go: a raw file or a writable image. */
 export interface ConvertTarget {
@@ -20,6 +20,12 @@ export interface ConvertTarget {
   close(): Promise<void>;
 }
 
+/**
+ * `signal` cancels the copy (in-flight requests finish, nothing new starts,
+ * then it rejects with ImageError 'aborted', without flushing the target);
+ * `onProgress` gets guest bytes handled of the sources' total size, zero and
+ * skipped runs included, so it ends at exactly that total.
+ */
 export interface ConvertOptions extends OperationOptions {
   /** -S: zero detection granularity in bytes; 0 writes everything (fully allocated). Default 4096. */
   sparseSize?: number;
@@ -91,13 +97,14 @@ async function attempt<T>(op: 'reading' | 'writing', offset: number, f: () => Pr
 export const totalSize = (sources: readonly Image[]): number => sources.reduce((n, s) => n + s.size, 0);
 
 /** The sources' runs in target offsets: the whole chain's view, or the top layers' with a target backing file. */
-async function* runs(sources: readonly Image[], topOnly: boolean): AsyncGenerator<{ source: Image; srcOffset: number; dstOffset: number; length: number; kind: Kind }> {
+async function* runs(sources: readonly Image[], topOnly: boolean, signal?: AbortSignal): AsyncGenerator<{ source: Image; srcOffset: number; dstOffset: number; length: number; kind: Kind }> {
   let base = 0;
   for (const source of sources) {
     if (topOnly) {
       // bdrv_block_status of the top layer: unallocated without a backing file reads as zero.
       let off = 0;
       while (off < source.size) {
+        throwIfAborted(signal);
         const st = await source.layerStatus(off, source.size - off);
         const kind: Kind = st.zero ? 'zero' : st.data ? 'data' : 'backing';
         yield { source, srcOffset: off, dstOffset: base + off, length: st.length, kind };
@@ -105,6 +112,7 @@ async function* runs(sources: readonly Image[], topOnly: boolean): AsyncGenerato
       }
     } else {
       for await (const e of extents(source)) {
+        throwIfAborted(signal);
         // Unallocated with no backing reads as zero; anything else not zero is read.
         yield { source, srcOffset: e.offset, dstOffset: base + e.offset, length: e.length, kind: e.zero ? 'zero' : 'data' };
       }
@@ -119,8 +127,8 @@ function zeroWords(words: Uint32Array, from: number, to: number): boolean {
   return true;
 }
 
-async function* plan(sources: readonly Image[], chunkSize: number, topOnly: boolean): AsyncGenerator<Work> {
-  for await (const r of runs(sources, topOnly)) {
+async function* plan(sources: readonly Image[], chunkSize: number, topOnly: boolean, signal?: AbortSignal): AsyncGenerator<Work> {
+  for await (const r of runs(sources, topOnly, signal)) {
     if (r.kind !== 'data') {
       // Zero and backing runs are skipped or zeroed whole: a 4 TiB hole is one work item, not millions.
       yield { source: r.source, srcOffset: r.srcOffset, dstOffset: r.dstOffset, length: r.length, kind: r.kind };
@@ -134,9 +142,9 @@ async function* plan(sources: readonly Image[], chunkSize: number, topOnly: bool
 }
 
 /** Bytes qemu-img counts for progress: data, and zeros too when nothing is sparse. */
-async function workBytes(sources: readonly Image[], fullyAllocate: boolean, topOnly: boolean): Promise<number> {
+async function workBytes(sources: readonly Image[], fullyAllocate: boolean, topOnly: boolean, signal?: AbortSignal): Promise<number> {
   let n = 0;
-  for await (const r of runs(sources, topOnly)) if (r.kind === 'data' || fullyAllocate) n += r.length;
+  for await (const r of runs(sources, topOnly, signal)) if (r.kind === 'data' || fullyAllocate) n += r.length;
   return n;
 }
 
@@ -149,13 +157,23 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
   const targetIsZero = (opts.targetIsZero ?? true) && !topOnly;
   const fullyAllocate = sparse === 0;
   const zeroBuf = new Uint8Array(chunkSize);
+  const signal = opts.signal;
+  throwIfAborted(signal);
 
-  const total = opts.progress ? await workBytes(sources, fullyAllocate, topOnly) : 0;
+  const total = opts.progress ? await workBytes(sources, fullyAllocate, topOnly, signal) : 0;
   let done = 0;
   const report = (n: number): void => {
     if (!opts.progress || total === 0) return;
     done += n;
     opts.progress((100 * done) / total);
+  };
+  // onProgress counts every guest byte handled, unlike qemu-img's percentage above.
+  const guestTotal = totalSize(sources);
+  let guestDone = 0;
+  const advance = (n: number): void => {
+    if (!opts.onProgress) return;
+    guestDone += n;
+    opts.onProgress(guestDone, guestTotal);
   };
 
   const writeZeroes = async (offset: number, length: number): Promise<void> => {
@@ -192,21 +210,38 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
 
   const read: ReadFn = opts.salvage ? salvagingRead(opts.salvage) : (img, off, buf) => img.read(off, buf);
   if (opts.compressClusterSize !== undefined) {
-    await convertCompressed(sources, target, opts.compressClusterSize, { parallel, sparse, targetIsZero, topOnly, writeZeroes, report, read });
+    await convertCompressed(sources, target, opts.compressClusterSize, { parallel, sparse, targetIsZero, topOnly, writeZeroes, report, advance, read, signal });
+    throwIfAborted(signal);
     await target.flush();
     return;
   }
 
-  const work = plan(sources, chunkSize, topOnly);
+  const work = plan(sources, chunkSize, topOnly, signal);
   let failed: unknown;
   const ordered = opts.inOrder ? new WriteOrder() : undefined;
+  /** Whether the copy must stop: an earlier failure, or the signal (which then becomes the failure). */
+  const stopping = (): boolean => {
+    if (failed === undefined && signal?.aborted) {
+      failed = abortError(signal);
+      ordered?.abort();
+    }
+    return failed !== undefined;
+  };
   const worker = async (): Promise<void> => {
     // One buffer per worker, reused: writes complete before the next read.
     const own = new Uint8Array(chunkSize);
     const words = new Uint32Array(own.buffer);
     for (;;) {
-      if (failed !== undefined) return;
-      const next = await work.next();
+      if (stopping()) return;
+      let next: IteratorResult<Work>;
+      try {
+        next = await work.next();
+      } catch (e) {
+        // A failed block status (or the signal seen while planning): the other workers finish their requests first.
+        failed ??= e;
+        ordered?.abort();
+        return;
+      }
       if (next.done) return;
       const w = next.value;
       // Work items come out of plan() in target order, so taking a ticket here orders the writes.
@@ -215,18 +250,21 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
         if (w.kind === 'backing') {
           // Left to the target's backing file; still takes its turn so later writes keep their order.
           await ordered?.turn(ticket!);
+          advance(w.length);
         } else if (w.kind === 'data') {
           const buf = own.subarray(0, w.length);
           await attempt('reading', w.dstOffset, () => read(w.source, w.srcOffset, buf));
           await ordered?.turn(ticket!);
-          if (failed !== undefined) return;
+          if (stopping()) return;
           await attempt('writing', w.dstOffset, () => writeSparse(w.dstOffset, buf, words));
           report(w.length);
+          advance(w.length);
         } else {
           await ordered?.turn(ticket!);
-          if (failed !== undefined) return;
+          if (stopping()) return;
           if (fullyAllocate || !targetIsZero) await attempt('writing', w.dstOffset, () => writeZeroes(w.dstOffset, w.length));
           if (fullyAllocate) report(w.length);
+          advance(w.length);
         }
       } catch (e) {
         failed ??= e;
@@ -239,6 +277,7 @@ export async function convertImages(sources: readonly Image[], target: ConvertTa
   };
   await Promise.all(Array.from({ length: parallel }, worker));
   if (failed !== undefined) throw failed;
+  throwIfAborted(signal);
   await target.flush();
 }
 
@@ -337,13 +376,15 @@ async function convertCompressed(
     topOnly: boolean;
     writeZeroes: (offset: number, length: number) => Promise<void>;
     report: (n: number) => void;
+    advance: (n: number) => void;
     read: ReadFn;
+    signal: AbortSignal | undefined;
   },
 ): Promise<void> {
   if (!target.writeCompressed) throw new Error('Compression not supported for this file format');
   const total = totalSize(sources);
   const segs: { start: number; end: number; kind: Kind }[] = [];
-  for await (const r of runs(sources, o.topOnly)) {
+  for await (const r of runs(sources, o.topOnly, o.signal)) {
     const last = segs[segs.length - 1];
     if (last && last.kind === r.kind && last.end === r.dstOffset) last.end += r.length;
     else segs.push({ start: r.dstOffset, end: r.dstOffset + r.length, kind: r.kind });
@@ -356,8 +397,12 @@ async function convertCompressed(
   };
   let next = 0;
   let failed: unknown;
+  const stopping = (): boolean => {
+    if (failed === undefined && o.signal?.aborted) failed = abortError(o.signal);
+    return failed !== undefined;
+  };
   const worker = async (): Promise<void> => {
-    while (failed === undefined && next < total) {
+    while (!stopping() && next < total) {
       const start = next;
       const length = Math.min(clusterSize, total - start);
       next += length;
@@ -370,11 +415,13 @@ async function convertCompressed(
         } else if (kind === 'data') {
           const buf = new Uint8Array(length);
           await attempt('reading', start, () => readConcat(sources, start, buf, o.read));
+          if (stopping()) return;
           // A compressed cluster is written whole, so only an all-zero one is saved.
           if (o.sparse === 0 || !isZero(buf)) await attempt('writing', start, () => target.writeCompressed!(start, buf));
           else if (!o.targetIsZero) await attempt('writing', start, () => o.writeZeroes(start, length));
           o.report(length);
         }
+        o.advance(length);
       } catch (e) {
         failed ??= e;
         return;

@@ -3,6 +3,7 @@
  * way qemu-img merges them, so the output matches entry for entry.
  */
 import { extents, type Image } from '../block/image.js';
+import { throwIfAborted, type OperationOptions } from './operation.js';
 
 export interface MapEntry {
   start: number;
@@ -18,7 +19,12 @@ export interface MapEntry {
   filename?: string;
 }
 
-export interface MapOptions {
+/**
+ * `signal` stops the walk before the next block status query (the
+ * generator then throws ImageError 'aborted'); `onProgress` gets the bytes
+ * mapped of the range.
+ */
+export interface MapOptions extends OperationOptions {
   start?: number;
   /** Bytes to cover from `start`; clipped to the image end. */
   maxLength?: number;
@@ -57,8 +63,10 @@ export async function* mapImage(image: Image, opts: MapOptions = {}): AsyncGener
   let end = image.size;
   if (opts.maxLength !== undefined) end = Math.min(start + opts.maxLength, end);
   let curr: MapEntry = { start, length: 0, depth: 0, present: false, zero: false, data: false, compressed: false };
+  throwIfAborted(opts.signal);
   if (start < end) {
     for await (const e of extents(image, start, end - start)) {
+      opts.onProgress?.(e.offset + e.length - start, end - start);
       const next: MapEntry = {
         start: e.offset,
         length: e.length,
@@ -74,6 +82,7 @@ export async function* mapImage(image: Image, opts: MapOptions = {}): AsyncGener
       }
       if (mergeable(curr, next)) {
         curr.length += next.length;
+        throwIfAborted(opts.signal);
         continue;
       }
       if (curr.length > 0) {
@@ -84,6 +93,7 @@ export async function* mapImage(image: Image, opts: MapOptions = {}): AsyncGener
         }
       }
       curr = next;
+      throwIfAborted(opts.signal);
     }
   }
   yield curr;
