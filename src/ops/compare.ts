@@ -3,6 +3,7 @@
  * sparse regions are never read. Mismatch offsets are reported at 512-byte
  * granularity, as qemu-img does.
  */
+import { ImageError, isImageError } from '../errors.js';
 import type { Extent, Image } from '../block/image.js';
 import { throwIfAborted, type OperationOptions } from './operation.js';
 
@@ -17,10 +18,11 @@ export type CompareResult =
   | { kind: 'strict-status'; offset: number };
 
 /** A failure qemu-img reports with its own exit code (3: block status, 4: read). */
-export class CompareFailure extends Error {
+export class CompareFailure extends ImageError {
   readonly stage: 'status' | 'read';
   constructor(stage: 'status' | 'read', message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    super(isImageError(options?.cause) ? options.cause.code : 'io', message, options);
+    this.name = 'CompareFailure';
     this.stage = stage;
   }
 }

@@ -5,6 +5,7 @@
  * when the target does not start out zero), and data blocks that are all
  * zero at the sparse granularity stay holes.
  */
+import { ImageError, isImageError } from '../errors.js';
 import { extents, type Image } from '../block/image.js';
 import { isZero } from './compare.js';
 import { abortError, throwIfAborted, type OperationOptions } from './operation.js';
@@ -79,9 +80,13 @@ interface Work {
 const MiB = 1024 * 1024;
 
 /** A failed read or write, with qemu-img's wording ("error while reading at byte N: ..."). */
-export class ConvertError extends Error {
+export class ConvertError extends ImageError {
   constructor(op: 'reading' | 'writing', offset: number, cause: unknown) {
-    super(`error while ${op} at byte ${offset}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    super(isImageError(cause) ? cause.code : 'io', `error while ${op} at byte ${offset}: ${cause instanceof Error ? cause.message : String(cause)}`, {
+      cause,
+      errno: isImageError(cause) ? cause.errno : undefined,
+    });
+    this.name = 'ConvertError';
   }
 }
 

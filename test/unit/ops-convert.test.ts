@@ -87,5 +87,5 @@ test('a read error stops the copy with qemu-img wording', async () => {
   (img as { read: unknown }).read = async () => {
     throw new Error('Input/output error');
   };
-  await assert.rejects(convertImages([img], new MemTarget(64 * K)), /^Error: error while reading at byte 0: Input\/output error$/);
+  await assert.rejects(convertImages([img], new MemTarget(64 * K)), /^ConvertError: error while reading at byte 0: Input\/output error$/);
 });
