@@ -260,7 +260,13 @@ export class BlockImage implements Image {
   }
 }
 
-/** Every extent of [offset, offset+length), one blockStatus call at a time. */
+/**
+ * Every extent of [offset, offset+length) across the backing chain, one
+ * blockStatus call at a time: runs of data, zero and unallocated space.
+ *
+ * @example
+ * for await (const e of extents(img)) if (e.data) console.log(`data at ${e.offset}, ${e.length} bytes`);
+ */
 export async function* extents(image: Image, offset = 0, length = image.size - offset): AsyncGenerator<Extent> {
   const end = offset + length;
   let pos = offset;

@@ -104,6 +104,11 @@ export function registerOverlayFormat(format: ImageFormat, create: OverlayCreato
 
 export const DEFAULT_MAX_CHAIN_DEPTH = 64;
 
+/**
+ * Open the image at `path` and its backing chain through a Host (files,
+ * path rules, codecs). On Node, openImageFile supplies the host; for
+ * storage already in hand, see openStorageImage.
+ */
 export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
   // Under snapshot mode the named image is read-only, so -U may apply to it.
   if (opts.snapshot && opts.writable) return openUnderOverlay(path, opts);

@@ -100,6 +100,16 @@ function compareBuffers(a: Uint8Array, b: Uint8Array): { differ: boolean; n: num
 const sameStatus = (a: Extent, b: Extent, aEof: boolean, bEof: boolean): boolean =>
   a.data === b.data && a.zero === b.zero && a.present === b.present && (a.hostOffset !== undefined) === (b.hostOffset !== undefined) && aEof === bEof;
 
+/**
+ * qemu-img compare: whether two images show the same guest content (the
+ * shorter one reads as zero beyond its end unless `strict`). Sparse ranges
+ * are compared by block status, never read. Returns the first differing
+ * offset; a failed read or status query rejects with CompareFailure.
+ *
+ * @example
+ * const r = await compareImages(a, b);
+ * if (r.kind === 'content') console.log(`differ at byte ${r.offset}`);
+ */
 export async function compareImages(img1: Image, img2: Image, opts: CompareOptions = {}): Promise<CompareResult> {
   const [name1, name2] = opts.names ?? [img1.filename, img2.filename];
   const size1 = img1.size;

@@ -153,6 +153,16 @@ async function workBytes(sources: readonly Image[], fullyAllocate: boolean, topO
   return n;
 }
 
+/**
+ * Copy the guest content of `sources` (concatenated) into `target`: data in
+ * large chunks with several requests in flight, zero runs skipped or
+ * zeroed, all-zero blocks left sparse. `imageTarget(img)` and
+ * `storageTarget(storage)` make targets; convertImageFile (qimg/node) does
+ * the whole of qemu-img convert around this.
+ *
+ * @example
+ * await convertImages([src], imageTarget(dst), { signal, onProgress: (done, total) => {} });
+ */
 export async function convertImages(sources: readonly Image[], target: ConvertTarget, opts: ConvertOptions = {}): Promise<void> {
   const sparse = opts.sparseSize ?? 4096;
   const parallel = Math.max(1, opts.parallel ?? 8);

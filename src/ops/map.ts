@@ -57,6 +57,9 @@ export function mergeable(curr: MapEntry, next: MapEntry): boolean {
 /**
  * The map of [start, start+maxLength) as qemu-img prints it. When the range
  * is empty, one zero-length entry at `start` comes out, as in qemu-img.
+ *
+ * @example
+ * for await (const e of mapImage(img)) console.log(e.start, e.length, e.data, e.zero, e.depth);
  */
 export async function* mapImage(image: Image, opts: MapOptions = {}): AsyncGenerator<MapEntry> {
   const start = opts.start ?? 0;
