@@ -33,6 +33,12 @@ export interface MeasureResult {
 
 export interface FormatDescriptor {
   readonly name: ImageFormat;
+  /**
+   * Whether the image file holds metadata besides guest data (qcow2, QED;
+   * not raw): such a file may be rewritten and grown by a writable open, and
+   * nobody else may write it underneath (block/perms.ts).
+   */
+  readonly hasMetadata: boolean;
   /** Whether images of this format may name a backing file. */
   readonly supportsBacking: boolean;
   /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */

@@ -5,6 +5,7 @@
  * QEMU programs see each other. The rules below give the same bits that
  * qemu-img and qemu-io 7.2 take for the same open.
  */
+import { findFormat } from './format.js';
 import type { ImageFormat } from './driver.js';
 
 export const PERM_CONSISTENT_READ = 1;
@@ -33,7 +34,7 @@ export interface PermissionRequest {
 export function imagePermissions(format: ImageFormat, req: PermissionRequest): Permissions {
   let perm = (req.metadataOnly ? 0 : PERM_CONSISTENT_READ) | (req.writable ? PERM_WRITE : 0);
   let shared = PERM_ALL;
-  if (format !== 'raw') {
+  if (findFormat(format)?.hasMetadata ?? true) {
     // The file holds metadata: a writable image may rewrite and grow it
     // even without guest writes, and nobody else may change it underneath.
     if (req.writable) perm |= PERM_WRITE | PERM_RESIZE;

@@ -55,6 +55,7 @@ function typedOptions(bag: OptionBag) {
 
 export const qcow2Format: FormatDescriptor = {
   name: 'qcow2',
+  hasMetadata: true,
   supportsBacking: true,
   // qemu's qcow2_probe: the magic, and a version qemu can read.
   probe: (head) => head.length >= 8 && view(head).getUint32(0) === 0x514649fb && view(head).getUint32(4) >= 2,

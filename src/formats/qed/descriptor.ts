@@ -29,6 +29,7 @@ function typedOptions(bag: OptionBag): QedCreateOptions & { size: number } {
 
 export const qedFormat: FormatDescriptor = {
   name: 'qed',
+  hasMetadata: true,
   supportsBacking: true,
   probe: (head) => head.length >= 4 && new DataView(head.buffer, head.byteOffset, head.length).getUint32(0, true) === 0x00444551,
   open: openQed,

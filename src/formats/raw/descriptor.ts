@@ -9,6 +9,7 @@ export const RAW_CREATE_OPTIONS: readonly OptionSpec[] = [option('size', 'size',
 
 export const rawFormat: FormatDescriptor = {
   name: 'raw',
+  hasMetadata: false,
   supportsBacking: false,
   open: openRaw,
   createOptions: RAW_CREATE_OPTIONS,
