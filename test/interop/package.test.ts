@@ -19,13 +19,13 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFi
 import { join, relative } from 'node:path';
 import { REPO_ROOT } from '../helpers/cli.js';
 import { ensureBuilt } from '../helpers/build.js';
-import { documentedFixtures, missingPrint, readmeExamples, type ReadmeExample } from '../helpers/readme-examples.js';
+import { documentedFixtures, missingPrint, readmeExamples } from '../helpers/readme-examples.js';
 import { npm, packJson, runs, tsc, type PackedFile, type Ran } from '../helpers/npm.js';
 import { haveTools, qemuImg, qemuIo, tmpDir } from '../helpers/tools.js';
 
 const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
 const examples = readmeExamples(readme);
-const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string; name: string };
+const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
 
 /** What an install from the tarball needs: the oracle, npm, and a toolchain for node-gyp. */
 const missing = [
@@ -82,6 +82,8 @@ interface ExampleOutcome {
 
 interface Installed {
   project: string;
+  /** The README's fixture files, pristine. */
+  fixtures: string;
   packed: PackedFile[];
   outcomes: Map<string, ExampleOutcome>;
   /** tsc diagnostics that belong to no example (the package's own .d.ts files). */
@@ -158,7 +160,7 @@ async function install(): Promise<Installed> {
     outcomes.set(ex.name, { typeErrors: typeErrors.get(ex.name) ?? [], run });
   });
   lap('examples');
-  return { project, packed: files, outcomes, otherTypeErrors, timings: timings.join(', ') };
+  return { project, fixtures, packed: files, outcomes, otherTypeErrors, timings: timings.join(', ') };
 }
 
 /** Every relative file path under `dir`. */
@@ -208,8 +210,9 @@ describe('the packed package', { skip: missing.length ? `needs ${missing.join(',
     assert.ok(existsSync(join(qimgDir, 'native/ofdlock/build/Release/ofdlock.node')), 'the install script built native/ofdlock');
 
     // zstd through the installed CLI: it needs zstd-napi's binding; qemu-img reads the result.
-    const dir = tmpDir('qimg-package-zstd-');
-    makeFixtures(dir);
+    const dir = join(project, 'zstd');
+    mkdirSync(dir);
+    copyFileSync(join(installed.fixtures, 'disk.raw'), join(dir, 'disk.raw'));
     const bin = join(project, 'node_modules', '.bin', 'qimg');
     const conv = spawnSync(bin, ['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', 'disk.raw', 'zstd.qcow2'], { cwd: dir, encoding: 'utf8' });
     ok(conv, 'qimg convert -c -o compression_type=zstd');
