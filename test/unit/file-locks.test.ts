@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CREATE_PERMISSIONS, dataFilePermissions, imagePermissions, type Permissions } from '../../src/block/perms.js';
+import '../../src/formats/index.js'; // imagePermissions asks the registered formats
 import { FileStorage } from '../../src/io/file.js';
 import { FileLocks, lockingAvailable, onLockWarning, setLockCalls, type LockCalls } from '../../src/io/locks.js';
 import { tmpDir } from '../helpers/tools.js';
