@@ -170,13 +170,22 @@ export async function scanAllocation(input: StreamInput, cfg: ScanConfig): Promi
     zeroPayload ??= cfg.compress!(new Uint8Array(cs));
     return zeroPayload;
   };
+  const free: Uint8Array[] = [];
   const examine = async (span: Span): Promise<ClusterResult[]> => {
     if (!span.data) {
       // -S 0 with compression: zero clusters are stored too, all with the same payload.
       const payload = (await compress(new Uint8Array(cs))) ?? undefined;
       return Array.from({ length: span.count }, (_, i) => ({ cluster: span.first + i, payload }));
     }
-    const buf = new Uint8Array(span.count * cs);
+    // Buffers are reused: a fresh megabyte per read would cost a page fault per 4 KiB.
+    const buf = free.pop()?.subarray(0, span.count * cs) ?? new Uint8Array(perChunk * cs).subarray(0, span.count * cs);
+    try {
+      return await examineData(span, buf);
+    } finally {
+      free.push(new Uint8Array(buf.buffer));
+    }
+  };
+  const examineData = async (span: Span, buf: Uint8Array): Promise<ClusterResult[]> => {
     await input.read(span.first * cs, buf);
     const jobs: Promise<ClusterResult | undefined>[] = [];
     for (let i = 0; i < span.count; i++) {
