@@ -88,7 +88,11 @@ export function convertToStream(sources: readonly Image[], opts: StreamConvertOp
   return new ReadableStream<Uint8Array>(
     {
       start(controller) {
-        if (!writer) throw new ImageError('unsupported', `Writing '${format}' as a stream is not supported`);
+        if (!writer) {
+          finished = true;
+          controller.error(new ImageError('unsupported', `Writing '${format}' as a stream is not supported`));
+          return;
+        }
         if (signal) {
           onAbort = () => {
             if (finished) return;
