@@ -10,6 +10,10 @@ import { orderedMap } from '../../block/ordered.js';
 import type { StreamInput } from '../../block/stream-target.js';
 import { AllocationList, l2EntriesOf } from './stream-layout.js';
 
+/** Bytes read first from each cluster to find it holds data, and the cluster size from which that pays. */
+const PROBE = 4096;
+const PROBE_MIN_CLUSTER = 32768;
+
 export type Compress = (cluster: Uint8Array) => Promise<Uint8Array | null>;
 
 export interface ScanConfig {
@@ -186,6 +190,7 @@ export async function scanAllocation(input: StreamInput, cfg: ScanConfig): Promi
     }
   };
   const examineData = async (span: Span, buf: Uint8Array): Promise<ClusterResult[]> => {
+    if (!cfg.compress && cs >= PROBE_MIN_CLUSTER) return probeSpan(span, buf);
     await input.read(span.first * cs, buf);
     const jobs: Promise<ClusterResult | undefined>[] = [];
     for (let i = 0; i < span.count; i++) {
@@ -197,6 +202,28 @@ export async function scanAllocation(input: StreamInput, cfg: ScanConfig): Promi
       else jobs.push(compress(cluster).then((p) => ({ cluster: c, payload: p ?? undefined })));
     }
     return (await Promise.all(jobs)).filter((r): r is ClusterResult => r !== undefined);
+  };
+  /**
+   * Without compression only "any non-zero byte?" matters: the head of each
+   * cluster usually answers it, so most of the data is read once, not twice.
+   * Clusters whose head is all zero are read whole.
+   */
+  const probeSpan = async (span: Span, buf: Uint8Array): Promise<ClusterResult[]> => {
+    const heads = await Promise.all(
+      Array.from({ length: span.count }, async (_, i) => {
+        const head = buf.subarray(i * cs, i * cs + PROBE);
+        await input.read((span.first + i) * cs, head);
+        if (!isZero(head)) return true;
+        const rest = buf.subarray(i * cs + PROBE, (i + 1) * cs);
+        await input.read((span.first + i) * cs + PROBE, rest);
+        return !isZero(rest);
+      }),
+    );
+    const out: ClusterResult[] = [];
+    heads.forEach((data, i) => {
+      if (data) out.push({ cluster: span.first + i });
+    });
+    return out;
   };
   for await (const results of orderedMap(spans(input, cs, cfg.clusters, fullyAllocate, perChunk), cfg.parallel, examine)) {
     input.checkAborted();
