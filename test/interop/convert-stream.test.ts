@@ -292,3 +292,19 @@ test('peak memory of a 256 MiB compressed conversion into a pipe stays bounded',
   checkClean(out);
   compareTo({ name: 'big', path: raw, format: 'raw' }, out);
 });
+
+test('several sources are concatenated, as convert does', async (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir('qimg-stream-');
+  const sources = makeSources(dir);
+  const out = join(dir, 'cat.qcow2');
+  const expected = join(dir, 'cat.raw');
+  const q = `${quote(process.execPath)} ${quote(qimgMain())} convert`;
+  const paths = sources.map((s) => quote(s.path)).join(' ');
+  // qemu-img concatenates the same sources into a file: the reference.
+  assert.equal(qemuImg(['convert', '-O', 'raw', ...sources.map((s) => s.path), expected]).status, 0);
+  const r = sh(`${q} -c -O qcow2 -o cluster_size=4096 ${paths} - | cat > ${quote(out)}`);
+  assert.equal(r.status, 0, r.stderr);
+  checkClean(out);
+  compareTo({ name: 'concatenated', path: expected, format: 'raw' }, out);
+});
