@@ -8,8 +8,7 @@
  * 1024), BENCH_DIR (default a temp dir), BENCH_ONLY (comma-separated case names).
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, writeSync, closeSync, ftruncateSync, existsSync, createWriteStream } from 'node:fs';
-import { pipeline } from 'node:stream/promises';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, writeSync, closeSync, ftruncateSync, existsSync } from 'node:fs';
 import { cpus, totalmem, tmpdir, release } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,17 +34,23 @@ interface Run {
 
 /**
  * Run a command, polling /proc for its peak RSS (VmHWM), so no extra tool is needed.
- * With `sink`, stdout is a pipe whose bytes this process copies into that file (`| cat > sink`).
+ * With `sink`, stdout is a pipe into `cat > sink`.
  */
 function timed(cmd: string, args: string[], sink?: string): Promise<Run> {
   return new Promise((resolve, reject) => {
     const start = process.hrtime.bigint();
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The sink is a real `cat`, reading the pipe the command writes into.
+    const sinkFd = sink ? openSync(sink, 'w') : undefined;
+    const cat = sinkFd !== undefined ? spawn('cat', [], { stdio: ['pipe', sinkFd, 'ignore'] }) : undefined;
+    if (sinkFd !== undefined) closeSync(sinkFd);
+    const child = spawn(cmd, args, { stdio: ['ignore', cat ? cat.stdin! : 'pipe', 'pipe'] });
+    // Our end of cat's input closes, so cat sees the end when the command exits.
+    cat?.stdin?.destroy();
+    const sinkDone = cat ? new Promise((r) => cat.on('exit', r)) : Promise.resolve();
     let stderr = '';
     let stdout = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const sinkDone = sink ? pipeline(child.stdout, createWriteStream(sink)) : Promise.resolve();
-    if (!sink) child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
     let peakKiB = 0;
     const poll = setInterval(() => {
       try {
@@ -116,7 +121,7 @@ function cases(): Case[] {
     { name: '4 GiB sparse qcow2 -> raw (same data)', goal: 'flat in size', qemu: conv(['-O', 'raw'], join(dir, 'sparse4g.qcow2'), out('a4g.raw')), qimg: qconv(['-O', 'raw'], join(dir, 'sparse4g.qcow2'), out('b4g.raw')) },
   ];
   // qemu-img cannot write a qcow2 into a pipe: these rows compare qimg into a pipe
-  // (copied to a file by this process, as `| cat > out`) with qimg into a file, in the qemu-img column.
+  // (`| cat > out`) with qimg into a file, in the qemu-img column.
   const fresh = () => {
     for (const f of ['sf.qcow2', 'ss.qcow2']) rmSync(out(f), { force: true });
     execFileSync('sync');

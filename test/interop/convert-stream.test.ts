@@ -308,3 +308,18 @@ test('several sources are concatenated, as convert does', async (t) => {
   checkClean(out);
   compareTo({ name: 'concatenated', path: expected, format: 'raw' }, out);
 });
+
+test('tiny sources: empty, one sector, one cluster and a sector', async (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir('qimg-stream-');
+  for (const size of [0, 512, 65536 + 512]) {
+    const raw = join(dir, `t${size}.raw`);
+    writeFileSync(raw, new Uint8Array(size).fill(0x3c));
+    for (const compress of [false, true]) {
+      const out = join(dir, `t${size}-${compress}.qcow2`);
+      await libraryConvert({ name: 'tiny', path: raw, format: 'raw' }, out, { compress });
+      checkClean(out);
+      compareTo({ name: 'tiny', path: raw, format: 'raw' }, out);
+    }
+  }
+});

@@ -15,9 +15,8 @@ import * as C from './constants.js';
 import { FEATURE_NAMES } from './create.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { setEntryAt } from './refcounts.js';
-import { computeLayout, l2EntriesOf, maxRefcountOf, PlacementWalker, type Layout, type Placement } from './stream-layout.js';
+import { computeLayout, l2EntriesOf, maxRefcountOf, PlacementWalker, type AllocationList, type Layout, type Placement } from './stream-layout.js';
 import { clusterIsZero, scanAllocation, type Compress, type KeptPayloads } from './stream-scan.js';
-import type { AllocationList } from './stream-layout.js';
 
 const MiB = 1024 * 1024;
 const TWO_32 = 0x1_0000_0000;
