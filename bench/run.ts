@@ -32,15 +32,25 @@ interface Run {
   stdout: string;
 }
 
-/** Run a command, polling /proc for its peak RSS (VmHWM), so no extra tool is needed. */
-function timed(cmd: string, args: string[]): Promise<Run> {
+/**
+ * Run a command, polling /proc for its peak RSS (VmHWM), so no extra tool is needed.
+ * With `sink`, stdout is a pipe into `cat > sink`.
+ */
+function timed(cmd: string, args: string[], sink?: string): Promise<Run> {
   return new Promise((resolve, reject) => {
     const start = process.hrtime.bigint();
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The sink is a real `cat`, reading the pipe the command writes into.
+    const sinkFd = sink ? openSync(sink, 'w') : undefined;
+    const cat = sinkFd !== undefined ? spawn('cat', [], { stdio: ['pipe', sinkFd, 'ignore'] }) : undefined;
+    if (sinkFd !== undefined) closeSync(sinkFd);
+    const child = spawn(cmd, args, { stdio: ['ignore', cat ? cat.stdin! : 'pipe', 'pipe'] });
+    // Our end of cat's input closes, so cat sees the end when the command exits.
+    cat?.stdin?.destroy();
+    const sinkDone = cat ? new Promise((r) => cat.on('exit', r)) : Promise.resolve();
     let stderr = '';
     let stdout = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
     let peakKiB = 0;
     const poll = setInterval(() => {
       try {
@@ -51,8 +61,9 @@ function timed(cmd: string, args: string[]): Promise<Run> {
       }
     }, 5);
     child.on('error', reject);
-    child.on('exit', (code) => {
+    child.on('exit', async (code) => {
       clearInterval(poll);
+      await sinkDone.catch(() => {});
       let ms = Number(process.hrtime.bigint() - start) / 1e6;
       // bench reports its own run time (no process start-up): use it, as qemu-img bench users do.
       const m = /Run completed in ([\d.]+) seconds/.exec(stdout);
@@ -85,7 +96,7 @@ interface Case {
   name: string;
   goal: string;
   qemu: { cmd: string; args: string[] };
-  qimg: { cmd: string; args: string[] };
+  qimg: { cmd: string; args: string[]; sink?: string };
   /** Run before each timed command (e.g. a fresh image for allocating writes). */
   before?: () => void;
   /** Requests per run: the table then shows IOPS and the ratio qimg/qemu-img of IOPS. */
@@ -109,6 +120,24 @@ function cases(): Case[] {
     { name: '4 TiB sparse qcow2 -> raw', goal: '<= 1.0', qemu: conv(['-O', 'raw'], sparse, out('a4t.raw')), qimg: qconv(['-O', 'raw'], sparse, out('b4t.raw')) },
     { name: '4 GiB sparse qcow2 -> raw (same data)', goal: 'flat in size', qemu: conv(['-O', 'raw'], join(dir, 'sparse4g.qcow2'), out('a4g.raw')), qimg: qconv(['-O', 'raw'], join(dir, 'sparse4g.qcow2'), out('b4g.raw')) },
   ];
+  // qemu-img cannot write a qcow2 into a pipe: these rows compare qimg into a pipe
+  // (`| cat > out`) with qimg into a file, in the qemu-img column.
+  const fresh = () => {
+    for (const f of ['sf.qcow2', 'ss.qcow2']) rmSync(out(f), { force: true });
+    execFileSync('sync');
+  };
+  const streamRow = (name: string, extra: string[]): Case => ({
+    name: `${name} (qemu-img column: qimg into a file)`,
+    goal: '<= 1.2',
+    before: fresh,
+    qemu: { cmd: process.execPath, args: [qimgBin, 'convert', '-f', 'raw', '-O', 'qcow2', ...extra, src, out('sf.qcow2')] },
+    qimg: { cmd: process.execPath, args: [qimgBin, 'convert', '-f', 'raw', '-O', 'qcow2', ...extra, src, '-'], sink: out('ss.qcow2') },
+  });
+  list.push(
+    streamRow('raw -> qcow2 into a pipe', []),
+    streamRow('raw -> qcow2 -c zlib into a pipe', ['-c']),
+    streamRow('raw -> qcow2 -c zstd into a pipe', ['-c', '-o', 'compression_type=zstd']),
+  );
   // qemu-img bench has no random mode: a step of 1 MiB + 4 KiB scatters 4 KiB requests over the image.
   const benchArgs = (write: boolean, file: string) => ['bench', '-f', 'qcow2', '-c', String(BENCH_REQUESTS), '-d', '32', '-s', '4096', '-S', String((1 << 20) + 4096), ...(write ? ['-w'] : []), file];
   const freshAlloc = () => {
@@ -185,7 +214,7 @@ async function main(): Promise<void> {
       for (const who of order) {
         const spec = who === 'qemu' ? c.qemu : c.qimg;
         c.before?.();
-        const run = await timed(spec.cmd, spec.args);
+        const run = await timed(spec.cmd, spec.args, who === 'qimg' ? c.qimg.sink : undefined);
         if (run.code !== 0) failure = `${who} failed: ${run.stderr.trim().split('\n')[0]}`;
         got[who] = run;
       }

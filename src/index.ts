@@ -101,3 +101,11 @@ export {
   type ImageWriteOptions,
 } from './ops/streams.js';
 export { parseSize } from './units.js';
+export {
+  convertToStream,
+  streamFormats,
+  type StreamConvertOptions,
+  type StreamWriter,
+  type StreamInput,
+  type StreamTargetOptions,
+} from './ops/convert-stream.js';

@@ -13,6 +13,7 @@ import type { Image } from './image.js';
 import type { OptionBag } from './options.js';
 import type { OptionSpec } from './create-options.js';
 import type { CheckResult, RepairMode } from './check.js';
+import type { StreamWriter } from './stream-target.js';
 
 /** What creating an image may need from its caller. */
 export interface CreateContext {
@@ -56,6 +57,8 @@ export interface FormatDescriptor {
   create(storage: Storage, bag: OptionBag, ctx: CreateContext): Promise<void>;
   /** One check of an image file, with qemu-img check's repair semantics. Absent: "does not support checks". */
   check?(storage: Storage, repair: RepairMode): Promise<CheckResult>;
+  /** Writes a whole image of this format front to back, with no seeks (convertToStream). */
+  writeStream?: StreamWriter;
   /** qemu-img measure for this target format. Absent: "does not support size measurement". */
   measure?(bag: OptionBag, source?: Image): Promise<MeasureResult>;
 }

@@ -91,6 +91,8 @@ export class Progress {
   constructor(
     private readonly enabled: boolean,
     private readonly minSkip: number,
+    /** Where the meter goes: stdout as qemu-img, stderr when stdout carries data. */
+    private readonly write: (s: string) => void = out,
   ) {}
 
   /** max=0: `value` is the new absolute percentage; otherwise an increment scaled by max/100. */
@@ -101,11 +103,11 @@ export class Progress {
     this.current = current;
     if (current > this.last + this.minSkip || current < this.last - this.minSkip || current === 0 || current === 100) {
       this.last = current;
-      if (this.enabled) out(`    (${toFixedC(current, 2)}/100%)\r`);
+      if (this.enabled) this.write(`    (${toFixedC(current, 2)}/100%)\r`);
     }
   }
 
   end(): void {
-    if (this.enabled) out('\n');
+    if (this.enabled) this.write('\n');
   }
 }

@@ -3,6 +3,7 @@ import { convertImageFile, isImageError, parseCacheMode } from '../../node.js';
 import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
 import { getopt, parseSize } from '../options.js';
 import { hasHelpOption } from '../../node.js';
+import { convertToStdout } from './convert-stream.js';
 import { accumulate, optionHelp } from './create.js';
 
 export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
@@ -193,6 +194,10 @@ export async function cmdConvert(args: string[]): Promise<number> {
   if (srcCache !== undefined && parseCacheMode(srcCache) === undefined) throw new CliError(`Invalid source cache option: ${srcCache}`);
   const outPath = operands[operands.length - 1]!;
   const srcPaths = operands.slice(0, -1);
+  if (outPath === '-') {
+    const forceShare = options.some((o) => o.key === 'U');
+    return convertToStdout({ srcPaths, srcFmt, forceShare, outFmt, compress, optText, sparseSize, parallel, progress, noCreate, outBase, rateLimit, salvage });
+  }
 
   const meter = new Progress(progress, 1.0);
   meter.print(0, 100);

@@ -22,7 +22,7 @@ export type { Qcow2CreateOptions } from './create-options.js';
 const bad = (msg: string) => new ImageError('bad-argument', msg);
 
 /** Feature names qemu writes into v3 headers (type, bit, name). */
-const FEATURE_NAMES: Array<[number, number, string]> = [
+export const FEATURE_NAMES: Array<[number, number, string]> = [
   [0, 0, 'dirty bit'],
   [0, 1, 'corrupt bit'],
   [0, 2, 'external data file'],

@@ -7,6 +7,7 @@ import { checkQcow2File } from './check.js';
 import { createQcow2, parseQcow2CreateOptions, qcow2CreateLine } from './create.js';
 import { measureQcow2 } from './measure-image.js';
 import { openQcow2 } from './qcow2.js';
+import { qcow2StreamWriter } from './stream-writer.js';
 
 const o = option;
 
@@ -81,6 +82,7 @@ export const qcow2Format: FormatDescriptor = {
     await createQcow2(storage, { ...parsed, size }, { codecs: ctx.codecs, openDataFile: ctx.openDataFile });
   },
   check: (storage, repair) => checkQcow2File(storage, repair),
+  writeStream: qcow2StreamWriter,
   measure: measureQcow2,
 };
 

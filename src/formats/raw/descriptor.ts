@@ -4,6 +4,7 @@ import type { FormatDescriptor } from '../../block/format.js';
 import { alignUp } from '../../units.js';
 import { createRaw } from './create.js';
 import { openRaw } from './raw.js';
+import { rawStreamWriter } from './stream-writer.js';
 
 export const RAW_CREATE_OPTIONS: readonly OptionSpec[] = [option('size', 'size', 'Virtual disk size')];
 
@@ -15,6 +16,7 @@ export const rawFormat: FormatDescriptor = {
   createOptions: RAW_CREATE_OPTIONS,
   createLine: (filename, bag) => genericCreateLine('raw', filename, bag.clone()),
   create: (storage, bag) => createRaw(storage, bag),
+  writeStream: rawStreamWriter,
   async measure(bag, source) {
     bag.string('preallocation');
     const size = bag.size('size', 0);
