@@ -14,3 +14,4 @@ export { nodeCodecs } from './io/codecs.js';
 export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
+export { convertToStream } from './node/convert-stream.js';
