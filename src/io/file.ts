@@ -3,6 +3,7 @@
  * requests (the block layer merges contiguous clusters), so one call here is
  * one syscall for a whole run of data.
  */
+import { FallocateMode, tryFallocate } from './fallocate.js';
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -145,6 +146,56 @@ export class FileStorage implements Storage {
     } catch (e) {
       throw ioError(e);
     }
+  }
+
+  /**
+   * Make [offset, offset+length) read as zero: a hole where `mayUnmap`
+   * allows and the file system can punch one, else zeroed in place
+   * (FALLOC_FL_ZERO_RANGE), else zeros written, as QEMU's file driver does.
+   */
+  async writeZeroes(offset: number, length: number, opts: { mayUnmap?: boolean } = {}): Promise<void> {
+    if (length <= 0) return;
+    this.dirty = true;
+    try {
+      const end = Math.min(offset + length, await this.size());
+      // Past the end nothing needs zeroing, but the file must grow to cover the range.
+      if (end > offset) {
+        const done =
+          (opts.mayUnmap === true && tryFallocate(this.fh.fd, FallocateMode.PunchHole, offset, end - offset)) ||
+          tryFallocate(this.fh.fd, FallocateMode.ZeroRange, offset, end - offset);
+        if (!done) await this.writeZeroBytes(offset, end - offset);
+      }
+      if (offset + length > end) await this.fh.truncate(offset + length);
+    } catch (e) {
+      throw ioError(e);
+    }
+  }
+
+  /** Deallocate a range (it then reads as zero); false when the host cannot, and nothing changed. */
+  async punchHole(offset: number, length: number): Promise<boolean> {
+    try {
+      const ok = tryFallocate(this.fh.fd, FallocateMode.PunchHole, offset, length);
+      if (ok) this.dirty = true;
+      return ok;
+    } catch (e) {
+      throw ioError(e);
+    }
+  }
+
+  /** Allocate blocks for a range without writing them (preallocation=falloc); false when the host cannot. */
+  async allocate(offset: number, length: number): Promise<boolean> {
+    try {
+      const ok = tryFallocate(this.fh.fd, FallocateMode.Allocate, offset, length);
+      if (ok) this.dirty = true;
+      return ok;
+    } catch (e) {
+      throw ioError(e);
+    }
+  }
+
+  private async writeZeroBytes(offset: number, length: number): Promise<void> {
+    const chunk = new Uint8Array(Math.min(length, 1 << 20));
+    for (let pos = 0; pos < length; pos += chunk.length) await this.write(chunk.subarray(0, Math.min(chunk.length, length - pos)), offset + pos);
   }
 
   async truncate(size: number): Promise<void> {

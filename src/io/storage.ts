@@ -13,8 +13,12 @@ export interface Storage {
   read(into: Uint8Array, offset: number): Promise<void>;
   /** Writes all of `data`, growing the storage as needed. */
   write(data: Uint8Array, offset: number): Promise<void>;
-  /** Make [offset, offset+length) read as zero, deallocating where possible. */
-  writeZeroes?(offset: number, length: number): Promise<void>;
+  /** Make [offset, offset+length) read as zero; with `mayUnmap`, deallocating where possible. */
+  writeZeroes?(offset: number, length: number, opts?: { mayUnmap?: boolean }): Promise<void>;
+  /** Deallocate a range, which then reads as zero; false when the storage cannot (nothing changed). */
+  punchHole?(offset: number, length: number): Promise<boolean>;
+  /** Allocate a range's blocks without writing data (preallocation=falloc); false when the storage cannot. */
+  allocate?(offset: number, length: number): Promise<boolean>;
   truncate(size: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;

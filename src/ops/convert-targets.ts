@@ -7,7 +7,7 @@ import type { ConvertTarget } from './convert.js';
 export function storageTarget(st: Storage): ConvertTarget {
   return {
     write: (offset, data) => st.write(data, offset),
-    writeZeroes: st.writeZeroes ? (offset, length) => st.writeZeroes!(offset, length) : undefined,
+    writeZeroes: st.writeZeroes ? (offset, length) => st.writeZeroes!(offset, length, { mayUnmap: true }) : undefined,
     flush: () => st.flush(),
     close: () => st.close(),
   };

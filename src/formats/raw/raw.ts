@@ -50,12 +50,18 @@ export class RawDriver implements FormatDriver {
     });
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    if (this.storage.writeZeroes) return this.storage.writeZeroes(offset, length);
+  /** With mayUnmap (qemu-io write -z -u) the file gets a hole where the host can punch one. */
+  async writeZeroes(offset: number, length: number, opts: { mayUnmap: boolean } = { mayUnmap: false }): Promise<void> {
+    if (this.storage.writeZeroes) return this.storage.writeZeroes(offset, length, { mayUnmap: opts.mayUnmap });
     const chunk = new Uint8Array(Math.min(length, 1 << 20));
     for (let pos = 0; pos < length; pos += chunk.length) {
       await this.storage.write(chunk.subarray(0, Math.min(chunk.length, length - pos)), offset + pos);
     }
+  }
+
+  /** As qemu's file driver: a hole is punched where the host can; elsewhere discard does nothing. */
+  async discard(offset: number, length: number): Promise<void> {
+    await this.storage.punchHole?.(offset, length);
   }
 
   async info(): Promise<DriverInfo> {
