@@ -101,3 +101,6 @@ export {
   type ImageWriteOptions,
 } from './ops/streams.js';
 export { parseSize } from './units.js';
+
+// Resize (qemu-img resize, qemu-io truncate)
+export { resizeImage, parsePreallocation, type ResizeOptions, type Preallocation } from './ops/resize.js';

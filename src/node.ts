@@ -14,3 +14,6 @@ export { nodeCodecs } from './io/codecs.js';
 export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
+
+// Resize (qemu-img resize)
+export { resizeImageFile, type ResizeFileOptions } from './node/resize.js';

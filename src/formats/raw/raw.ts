@@ -3,19 +3,20 @@
  * size rounded up to 512 bytes (qemu counts whole sectors; the tail of the
  * last sector reads as zero).
  */
-import type { DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { DriverContext, FormatDriver, Mapping, ResizeRequest } from '../../block/driver.js';
 import type { DriverInfo } from '../../block/info.js';
 import type { Storage } from '../../io/storage.js';
 import { alignUp } from '../../units.js';
 import { ImageError } from '../../errors.js';
 import { Mutex } from '../../block/locks.js';
 import { probeAsQemu } from '../../block/probe.js';
+import { writeZeroRange } from '../../block/zeros.js';
 
 export const SECTOR = 512;
 
 export class RawDriver implements FormatDriver {
   readonly format = 'raw' as const;
-  readonly size: number;
+  size: number;
   readonly storage: Storage;
   readonly writable: boolean;
   /**
@@ -56,6 +57,19 @@ export class RawDriver implements FormatDriver {
     for (let pos = 0; pos < length; pos += chunk.length) {
       await this.storage.write(chunk.subarray(0, Math.min(chunk.length, length - pos)), offset + pos);
     }
+  }
+
+  /**
+   * The file takes the new length exactly (the size reads it back rounded up
+   * to a sector). falloc and full write the new area's zeros: a file the
+   * host then really holds, as qemu's fallocate gives (Node has no fallocate).
+   */
+  async resize(newSize: number, req: ResizeRequest): Promise<void> {
+    if (req.preallocation === 'metadata') throw new ImageError('unsupported', 'Unsupported preallocation mode: metadata');
+    const old = await this.storage.size();
+    await this.storage.truncate(newSize);
+    if (req.preallocation !== 'off' && newSize > old) await writeZeroRange(this.storage, old, newSize);
+    this.size = alignUp(newSize, SECTOR);
   }
 
   async info(): Promise<DriverInfo> {
