@@ -13,7 +13,11 @@ export type { Preallocation };
 export interface ResizeOptions extends OperationOptions {
   /** Allow a smaller size: everything past the new end is lost. Default false. */
   shrink?: boolean;
-  /** How the grown area is allocated (qemu's --preallocation); only for growing. Default 'off'. */
+  /**
+   * How the grown area is allocated (qemu's --preallocation). Each format
+   * supports a subset (raw: off, falloc, full; QED: off) and none allows it
+   * for shrinking. Default 'off'.
+   */
   preallocation?: Preallocation;
 }
 
@@ -41,7 +45,6 @@ export async function resizeImage(image: Image, newSize: number, opts: ResizeOpt
   if (!MODES.includes(preallocation)) throw new ImageError('bad-argument', `Invalid preallocation mode '${String(preallocation)}'`);
   if (!Number.isInteger(newSize) || newSize <= 0) throw new ImageError('bad-argument', 'New image size must be positive');
   const current = image.size;
-  if (newSize <= current && preallocation !== 'off') throw new ImageError('bad-argument', 'Preallocation can only be used for growing images');
   if (newSize < current && !opts.shrink) throw new ImageError('bad-argument', 'Use the --shrink option to perform a shrink operation.');
   const driver = image.driver;
   if (!driver.writable) throw new ImageError('read-only', `Image '${image.filename}' is read-only`);

@@ -257,7 +257,7 @@ export class Qcow2Driver implements FormatDriver {
       backing: this.backingReader,
       size: this.size,
     };
-    checkQcow2Resize(parts, newSize);
+    checkQcow2Resize(parts, newSize, req.preallocation);
     if (newSize === this.size && req.preallocation === 'off') return;
     await this.markCorruptOnError(async () => {
       if (newSize >= this.size) {

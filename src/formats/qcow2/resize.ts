@@ -37,10 +37,11 @@ export interface ResizeParts {
 const TWO_32 = 0x1_0000_0000;
 
 /** qemu's refusals, before anything changes. */
-export function checkQcow2Resize(p: ResizeParts, newSize: number): void {
+export function checkQcow2Resize(p: ResizeParts, newSize: number, preallocation: Preallocation): void {
   const h = p.header;
-  if (h.nbSnapshots > 0 && h.version < 3) throw new ImageError('unsupported', "Can't resize a v2 image which has snapshots");
   if (newSize % C.SECTOR_SIZE !== 0) throw new ImageError('bad-argument', 'The new size must be a multiple of 512');
+  if (h.nbSnapshots > 0 && h.version < 3) throw new ImageError('unsupported', "Can't resize a v2 image which has snapshots");
+  if (newSize < p.size && preallocation !== 'off') throw new ImageError('bad-argument', "Preallocation can't be used for shrinking an image");
   const l2Bits = h.clusterBits - Math.log2(entrySize(h));
   const l1 = sizeToL1(BigInt(newSize), h.clusterBits, l2Bits);
   if (l1 * BigInt(C.L1_ENTRY_SIZE) > BigInt(C.MAX_L1_SIZE)) throw new ImageError('bad-argument', 'Failed to grow the L1 table: File too large');

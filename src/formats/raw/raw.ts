@@ -67,6 +67,7 @@ export class RawDriver implements FormatDriver {
   async resize(newSize: number, req: ResizeRequest): Promise<void> {
     if (req.preallocation === 'metadata') throw new ImageError('unsupported', 'Unsupported preallocation mode: metadata');
     const old = await this.storage.size();
+    if (newSize < old && req.preallocation !== 'off') throw new ImageError('bad-argument', 'Cannot use preallocation for shrinking files');
     await this.storage.truncate(newSize);
     if (req.preallocation !== 'off' && newSize > old) await writeZeroRange(this.storage, old, newSize);
     this.size = alignUp(newSize, SECTOR);
