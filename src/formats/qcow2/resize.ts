@@ -87,7 +87,8 @@ async function fillNewArea(p: ResizeParts, oldSize: number, newSize: number, pre
   }
   if (preallocation !== 'off') {
     const hostEnd = await writer.preallocate(preallocation === 'full', oldSize);
-    if (preallocation === 'falloc' && !dataFile && (await p.storage.size()) < hostEnd) await p.storage.truncate(hostEnd);
+    // The file covers every preallocated cluster (qemu's check counts any beyond its end as an error).
+    if (!dataFile && (await p.storage.size()) < hostEnd) await p.storage.truncate(hostEnd);
   }
   if (p.backing && p.backing.size > oldSize) await writer.writeZeroes(oldSize, newSize - oldSize, false);
 }
