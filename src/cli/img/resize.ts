@@ -35,14 +35,14 @@ function parseSizeOption(text: string): bigint {
 }
 
 export async function cmdResize(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || (argv.length === 1 && argv[0] === '-h')) {
+    out(resizeHelp);
+    return 0;
+  }
   // As qemu-img: the size is taken off first, so "-1G" is never read as options.
   if (argv.length < 2) throw new UsageError('Not enough arguments');
   const args = argv.slice(0, -1);
   let sizeText = argv[argv.length - 1]!;
-  if (args.includes('-h') || args.includes('--help')) {
-    out(resizeHelp);
-    return 0;
-  }
   const { options, operands } = getopt(args, ':f:hq', [
     { name: 'help', arg: 'none', key: 'h' },
     { name: 'format', arg: 'required', key: 'f' },
