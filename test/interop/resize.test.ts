@@ -75,6 +75,19 @@ const cases: Case[] = [
     resize: ['img', '3M'],
   },
   {
+    name: 'qcow2 extended L2 over a longer qcow2 backing file',
+    format: 'qcow2',
+    setup: [create('qcow2', '', '8M', 'base.qcow2'), io('qcow2', 'write -P 7 0 8M', 'base.qcow2'), ['img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', '-b', 'base.qcow2', '-F', 'qcow2', 'img', '1M']], io('qcow2', 'write -P 1 1000K 8K')],
+    resize: ['img', '6M'],
+  },
+  {
+    name: 'qcow2 over a shorter backing file: nothing to hide',
+    format: 'qcow2',
+    setup: [create('raw', '', '1M', 'base.raw'), io('raw', 'write -P 7 0 1M', 'base.raw'), ['img', ['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', 'img', '2M']]],
+    resize: ['img', '4M'],
+  },
+  { name: 'qcow2 1M to 2T (the L1 grows in place)', format: 'qcow2', setup: [create('qcow2', '', '1M'), io('qcow2', 'write -P 1 960K 64K')], resize: ['img', '2T'] },
+  {
     name: 'qcow2 v2 over a longer backing file: refused',
     format: 'qcow2',
     setup: [create('raw', '', '4M', 'base.raw'), ['img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', '-b', 'base.raw', '-F', 'raw', 'img', '1M']]],
