@@ -89,6 +89,8 @@ export class Qcow2Writer {
     const cs = this.clusterSize;
     const end = offset + data.length;
     await this.ranges.run(alignDown(offset, cs), alignUp(end, cs), async () => {
+      // A shrink may have run while this request waited for its range.
+      if (end > this.cfg.size) throw new ImageError('bad-argument', `Request out of range: offset ${offset}, length ${data.length}, image size ${this.cfg.size}`);
       const plans = await this.meta.run(() => this.plan(offset, end));
       try {
         await this.writeSpans(plans, offset, data);
