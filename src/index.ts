@@ -109,3 +109,6 @@ export {
   type StreamInput,
   type StreamTargetOptions,
 } from './ops/convert-stream.js';
+
+// Resize (qemu-img resize, qemu-io truncate)
+export { resizeImage, parsePreallocation, type ResizeOptions, type Preallocation } from './ops/resize.js';

@@ -15,3 +15,6 @@ export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
 export { convertToStream } from './node/convert-stream.js';
+
+// Resize (qemu-img resize)
+export { resizeImageFile, type ResizeFileOptions } from './node/resize.js';

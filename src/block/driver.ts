@@ -11,6 +11,14 @@ import type { DriverInfo } from './info.js';
 
 export type ImageFormat = 'qcow2' | 'qed' | 'raw';
 
+/** How a resize fills the new area (qemu's PreallocMode). */
+export type Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
+
+/** What a driver's resize gets; the caller has checked the size and the shrink permission. */
+export interface ResizeRequest {
+  preallocation: Preallocation;
+}
+
 /**
  * Where [offset, offset + length) lives in this layer. `length` is at most
  * the requested maximum and always > 0; a driver merges as many clusters of
@@ -66,6 +74,11 @@ export interface FormatDriver {
   write?(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void>;
   writeZeroes?(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void>;
   discard?(offset: number, length: number): Promise<void>;
+  /**
+   * Change the virtual size (qemu's bdrv_co_truncate): `size` reflects the
+   * new value once this resolves. Absent: the format cannot be resized.
+   */
+  resize?(newSize: number, req: ResizeRequest): Promise<void>;
   /** Called once the backing chain is open (null when there is none). */
   attachBacking?(backing: BackingReader | null): void;
 }

@@ -69,7 +69,6 @@ export interface LayerStatus {
 
 export class BlockImage implements Image {
   readonly format: ImageFormat;
-  readonly size: number;
   readonly filename: string;
   readonly driver: FormatDriver;
   readonly backing: Image | null;
@@ -84,11 +83,15 @@ export class BlockImage implements Image {
   }) {
     this.driver = opts.driver;
     this.format = opts.driver.format;
-    this.size = opts.driver.size;
     this.filename = opts.filename;
     this.backing = opts.backing;
     this.backingPath = opts.backingPath;
     this.driver.attachBacking?.(this.backing);
+  }
+
+  /** Virtual size in bytes: the driver's, so a resize shows at once to every reader. */
+  get size(): number {
+    return this.driver.size;
   }
 
   async write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void> {

@@ -7,7 +7,7 @@ import type { Image } from '../../node.js';
 import { parseFormatName } from '../../node.js';
 import { openImageFile } from '../../node.js';
 import { readFileSync } from 'node:fs';
-import { isImageError } from '../../node.js';
+import { isImageError, parsePreallocation, resizeImage, type Preallocation } from '../../node.js';
 import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror } from '../common.js';
 import { cvtstr, timestr, toFixedC } from '../format.js';
 import { dumpQObject } from '../img/info.js';
@@ -30,7 +30,7 @@ Run qemu-io commands on an image; without -c, commands are read from stdin.
   -U, --force-share  with -r: open even while another process writes the image
 
 Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, write [-cCqzu] [-P pattern] off len,
-  discard [-Cq] off len, flush, aio_write, aio_flush, truncate off, abort, map, alloc off [count], length,
+  discard [-Cq] off len, flush, aio_write, aio_flush, truncate [-m mode] off, abort, map, alloc off [count], length,
   info, help, quit
 `;
 
@@ -674,19 +674,40 @@ const truncateCmd: Command = {
   name: 'truncate',
   altname: 't',
   argmin: 1,
-  argmax: 1,
-  args: 'off',
+  argmax: 3,
+  args: '[-m prealloc_mode] off',
   oneline: 'truncates the current file at the given offset',
   writes: true,
-  async run(_img, argv) {
-    const offset = cvtnum(argv[1]!);
+  async run(img, argv) {
+    const p = cmdGetopt(argv, 'm:');
+    if (!p) {
+      usage(truncateCmd);
+      return -22;
+    }
+    let preallocation: Preallocation = 'off';
+    for (const [c, v] of p.opts) {
+      if (c !== 'm') continue;
+      try {
+        preallocation = parsePreallocation(v ?? '');
+      } catch (e) {
+        err(`${PROG}: ${messageOf(e)}\n`);
+        return -22;
+      }
+    }
+    const arg = p.operands[0] ?? '';
+    const offset = cvtnum(arg);
     if (offset < 0) {
-      cvtnumErr(offset, argv[1]!);
+      cvtnumErr(offset, arg);
       return offset;
     }
-    // The block layer cannot resize images yet: qemu's message for a driver without truncate.
-    err(`${PROG}: Image format driver does not support resize\n`);
-    return -95;
+    // As qemu-io: no shrink guard, the driver's own rules and words.
+    try {
+      await resizeImage(img, offset, { shrink: true, preallocation });
+    } catch (e) {
+      err(`${PROG}: ${messageOf(e)}\n`);
+      return -22;
+    }
+    return 0;
   },
 };
 

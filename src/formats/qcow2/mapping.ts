@@ -43,7 +43,7 @@ export class L2Mapper {
   /** Guest bytes one L1 entry maps. */
   private readonly l1Span: number;
   private readonly subSize: number;
-  private readonly l1View: DataView;
+  private l1View: DataView;
   private readonly cache = new Map<number, Promise<DataView>>();
   /** Tables changed in memory and not yet written (pinned in the cache), by L1 index. */
   private readonly dirtyTables = new Set<number>();
@@ -113,6 +113,23 @@ export class L2Mapper {
   l1Entry(i: number): { hi: number; lo: number } {
     if (i >= this.cfg.l1Size || (i + 1) * C.L1_ENTRY_SIZE > this.cfg.l1.length) return { hi: 0, lo: 0 };
     return { hi: this.l1View.getUint32(i * C.L1_ENTRY_SIZE, false), lo: this.l1View.getUint32(i * C.L1_ENTRY_SIZE + 4, false) };
+  }
+
+  /** Entries of the active L1 table. */
+  get l1Size(): number {
+    return this.cfg.l1Size;
+  }
+
+  /**
+   * Switch to a longer L1 table (a resize moved or extended it). Only with
+   * nothing dirty: the entries are the same, the new ones zero.
+   */
+  replaceL1(l1: Uint8Array, l1Size: number): void {
+    if (this.dirtyL1.size > 0) throw new ImageError('invalid', 'L1 table replaced with unwritten entries');
+    this.cfg.l1 = l1;
+    this.cfg.l1Size = l1Size;
+    this.l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    this.l2Clusters = undefined;
   }
 
   /** Whether host cluster `c` holds an active L2 table. */

@@ -3,7 +3,7 @@
  * guest ranges through L1/L2, compressed reads, and qemu-img info's
  * qcow2 fields.
  */
-import type { BackingReader, DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { BackingReader, DriverContext, FormatDriver, Mapping, ResizeRequest } from '../../block/driver.js';
 import type { DriverInfo, FormatSpecific } from '../../block/info.js';
 import { ImageError, isImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
@@ -19,6 +19,7 @@ import { RefcountReader } from './refcount.js';
 import { RefcountStore } from './refcounts.js';
 import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
 import { Qcow2Writer } from './writer.js';
+import { checkQcow2Resize, growQcow2, shrinkQcow2, type ResizeParts } from './resize.js';
 import { needsSecret, refuseWithoutKey } from './encryption.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
@@ -39,7 +40,7 @@ export interface Qcow2Parts {
 
 export class Qcow2Driver implements FormatDriver {
   readonly format = 'qcow2' as const;
-  readonly size: number;
+  size: number;
   readonly storage: Storage;
   readonly writable: boolean;
   readonly backing?: { name: string; format?: string };
@@ -240,6 +241,34 @@ export class Qcow2Driver implements FormatDriver {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
     return w.preallocate(writeZeros);
+  }
+
+  /** qemu's qcow2 truncate: see resize.ts. The size changes once the header says so. */
+  async resize(newSize: number, req: ResizeRequest): Promise<void> {
+    const writer = this.writerOrThrow();
+    await this.prepareForWrite();
+    const parts: ResizeParts = {
+      header: this.header,
+      storage: this.storage,
+      dataFile: this.hasDataFile ? this.dataStorage() : undefined,
+      mapper: this.mapper,
+      refcounts: this.parts.refcountStore!,
+      writer,
+      backing: this.backingReader,
+      size: this.size,
+    };
+    checkQcow2Resize(parts, newSize, req.preallocation);
+    if (newSize === this.size && req.preallocation === 'off') return;
+    await this.markCorruptOnError(async () => {
+      if (newSize >= this.size) {
+        await growQcow2(parts, newSize, req.preallocation);
+      } else {
+        // Readers see the smaller size before clusters past it go away.
+        this.size = newSize;
+        await shrinkQcow2(parts, newSize);
+      }
+    });
+    this.size = newSize;
   }
 
   async discard(offset: number, length: number): Promise<void> {

@@ -89,6 +89,8 @@ export class Qcow2Writer {
     const cs = this.clusterSize;
     const end = offset + data.length;
     await this.ranges.run(alignDown(offset, cs), alignUp(end, cs), async () => {
+      // A shrink may have run while this request waited for its range.
+      if (end > this.cfg.size) throw new ImageError('bad-argument', `Request out of range: offset ${offset}, length ${data.length}, image size ${this.cfg.size}`);
       const plans = await this.meta.run(() => this.plan(offset, end));
       try {
         await this.writeSpans(plans, offset, data);
@@ -479,15 +481,16 @@ export class Qcow2Writer {
    * set; with extended L2 the subclusters stay unallocated. `writeZeros`
    * also writes the data clusters. Returns the end of the last host cluster.
    */
-  async preallocate(writeZeros: boolean): Promise<number> {
+  async preallocate(writeZeros: boolean, from = 0): Promise<number> {
     const cs = this.clusterSize;
     let hostEnd = 0;
     await this.meta.run(async () => {
       const span = this.cfg.mapper.tableSpan;
-      for (let t = 0; t < this.cfg.size; t += span) {
+      const first = alignUp(from, cs);
+      for (let t = alignDown(first, span); t < this.cfg.size; t += span) {
         const stop = Math.min(this.cfg.size, t + span);
         const todo: number[] = [];
-        for (let g = t; g < stop; g += cs) {
+        for (let g = Math.max(t, first); g < stop; g += cs) {
           const e = await this.entry(g);
           if (clusterType(e.hi, e.lo, this.cfg.extL2, this.cfg.hasDataFile) === Cluster.UNALLOCATED) todo.push(g);
         }
@@ -512,6 +515,61 @@ export class Qcow2Writer {
       await this.flushLocked();
     });
     return hostEnd;
+  }
+
+  // ---------------------------------------------------------------- resize
+
+  /**
+   * Run `f` with every request excluded and the metadata flushed before and
+   * after (a resize changes the tables' geometry under the write path).
+   */
+  async exclusive<T>(f: () => Promise<T>): Promise<T> {
+    return this.ranges.run(0, Number.MAX_SAFE_INTEGER, () =>
+      this.meta.run(async () => {
+        await this.flushLocked();
+        const r = await f();
+        await this.flushLocked();
+        return r;
+      }),
+    );
+  }
+
+  /** The virtual size and L1 location the write path works with (changed by a resize). */
+  setGeometry(g: { size?: number; l1Offset?: number }): void {
+    if (g.size !== undefined) this.cfg.size = g.size;
+    if (g.l1Offset !== undefined) this.cfg.l1Offset = g.l1Offset;
+  }
+
+  /**
+   * Unmap every cluster of L2 table `i` from `fromIndex` on (shrinking;
+   * inside exclusive()): the entries become unallocated and their clusters'
+   * references are released once the tables are durable.
+   */
+  async unmapTableTail(i: number, fromIndex: number): Promise<void> {
+    const { mapper } = this.cfg;
+    const entries = mapper.tableSpan / this.clusterSize;
+    for (let k = fromIndex; k < entries; k++) {
+      const g = i * mapper.tableSpan + k * this.clusterSize;
+      const old = await this.entry(g);
+      if (old.hi === 0 && old.lo === 0 && old.zeroBits === 0 && old.allocBits === 0) continue;
+      await this.setEntry(g, { hi: 0, lo: 0, zeroBits: 0, allocBits: 0 });
+      this.releaseOld(old);
+    }
+  }
+
+  /** Release every cluster table `i` maps, and the table itself (inside exclusive()). */
+  async dropTable(i: number): Promise<void> {
+    const { mapper } = this.cfg;
+    const l1 = mapper.l1Entry(i);
+    const table = entryOffset(l1.hi, l1.lo);
+    if (table === 0) return;
+    const entries = mapper.tableSpan / this.clusterSize;
+    for (let k = 0; k < entries; k++) {
+      const old = await this.entry(i * mapper.tableSpan + k * this.clusterSize);
+      this.releaseOld(old);
+    }
+    mapper.setL1(i, 0, false);
+    this.cfg.refcounts.queueFree(table, this.clusterSize);
   }
 
   // ------------------------------------------------------------ metadata

@@ -17,7 +17,7 @@
  * NEED_CHECK is cleared by flush() when no allocation is in flight, and on
  * close.
  */
-import type { BackingReader, BackingRef, DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { BackingReader, BackingRef, DriverContext, FormatDriver, Mapping, ResizeRequest } from '../../block/driver.js';
 import type { DriverInfo } from '../../block/info.js';
 import { Mutex, RangeLock } from '../../block/locks.js';
 import { ImageError, corrupt } from '../../errors.js';
@@ -25,7 +25,7 @@ import type { Storage } from '../../io/storage.js';
 import { alignDown, alignUp, writeU64 } from '../../units.js';
 import { checkQedImage, type QedCheckReport } from './check.js';
 import { ENTRY_BYTES, ENTRY_ZERO, F_NEED_CHECK, HEADER_BYTES } from './constants.js';
-import { needsCheck, parseHeader, readBacking, serializeHeader, type QedHeader } from './header.js';
+import { maxImageSize, needsCheck, parseHeader, readBacking, serializeHeader, type QedHeader } from './header.js';
 import { QedMapper } from './mapping.js';
 import { isUnallocated, isValidTableOffset, type QedGeometry } from './table.js';
 
@@ -38,13 +38,13 @@ type AllocKind = 'zero' | 'unallocated';
 
 export class QedDriver implements FormatDriver {
   readonly format = 'qed' as const;
-  readonly size: number;
+  size: number;
   readonly storage: Storage;
   readonly writable: boolean;
   readonly backing?: BackingRef;
   readonly header: QedHeader;
   readonly geometry: QedGeometry;
-  private readonly mapper: QedMapper;
+  private mapper: QedMapper;
   private backingFile: BackingReader | null = null;
   /** L1/L2 updates, the header and the end-of-file allocator. */
   private readonly meta = new Mutex();
@@ -135,6 +135,39 @@ export class QedDriver implements FormatDriver {
     this.header.features &= ~F_NEED_CHECK;
     await this.writeHeader();
     await this.storage.flush();
+  }
+
+  /**
+   * qemu's QED truncate: grow only, no preallocation, within what the fixed
+   * L1 table can address; only the header's image size changes. A backing
+   * file longer than the image would show through the new area, and QED
+   * cannot zero it, so that is refused as qemu's block layer refuses it.
+   */
+  async resize(newSize: number, req: ResizeRequest): Promise<void> {
+    if (this.backingFile && this.backingFile.size > this.size && newSize > this.size) {
+      throw new ImageError('unsupported', 'Block driver does not support requested flags');
+    }
+    if (req.preallocation !== 'off') throw new ImageError('unsupported', `Unsupported preallocation mode '${req.preallocation}'`);
+    if (newSize % 512 !== 0 || BigInt(newSize) > maxImageSize(this.geometry.clusterSize, this.geometry.tableSize)) {
+      throw new ImageError('bad-argument', 'Invalid image size specified');
+    }
+    if (newSize < this.size) throw new ImageError('unsupported', 'Shrinking images is currently not supported');
+    await this.meta.run(async () => {
+      const old = this.header.imageSize;
+      this.header.imageSize = newSize;
+      try {
+        await this.writeHeader();
+        await this.storage.flush();
+      } catch (e) {
+        this.header.imageSize = old;
+        throw e;
+      }
+      // The L1 table is fixed; the mapper reads as many of its entries as the size reaches.
+      this.mapper.clear();
+      this.mapper = new QedMapper(this.storage, this.geometry, this.header.l1TableOffset, newSize);
+      await this.mapper.loadL1();
+      this.size = newSize;
+    });
   }
 
   private async writeHeader(): Promise<void> {

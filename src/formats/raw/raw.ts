@@ -3,19 +3,20 @@
  * size rounded up to 512 bytes (qemu counts whole sectors; the tail of the
  * last sector reads as zero).
  */
-import type { DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
+import type { DriverContext, FormatDriver, Mapping, ResizeRequest } from '../../block/driver.js';
 import type { DriverInfo } from '../../block/info.js';
 import type { Storage } from '../../io/storage.js';
 import { alignUp } from '../../units.js';
 import { ImageError } from '../../errors.js';
 import { Mutex } from '../../block/locks.js';
 import { probeAsQemu } from '../../block/probe.js';
+import { writeZeroRange } from '../../block/zeros.js';
 
 export const SECTOR = 512;
 
 export class RawDriver implements FormatDriver {
   readonly format = 'raw' as const;
-  readonly size: number;
+  size: number;
   readonly storage: Storage;
   readonly writable: boolean;
   /**
@@ -62,6 +63,21 @@ export class RawDriver implements FormatDriver {
   /** As qemu's file driver: a hole is punched where the host can; elsewhere discard does nothing. */
   async discard(offset: number, length: number): Promise<void> {
     await this.storage.punchHole?.(offset, length);
+  }
+
+  /**
+   * The file takes the new length exactly (the size reads it back rounded up
+   * to a sector); falloc allocates the new area, full writes its zeros.
+   */
+  async resize(newSize: number, req: ResizeRequest): Promise<void> {
+    if (req.preallocation === 'metadata') throw new ImageError('unsupported', 'Unsupported preallocation mode: metadata');
+    const old = await this.storage.size();
+    if (newSize < old && req.preallocation !== 'off') throw new ImageError('bad-argument', 'Cannot use preallocation for shrinking files');
+    await this.storage.truncate(newSize);
+    // falloc allocates without writing where the host can (fallocate); full, and falloc elsewhere, write zeros.
+    const allocated = req.preallocation === 'falloc' && newSize > old && (await this.storage.allocate?.(old, newSize - old));
+    if (req.preallocation !== 'off' && newSize > old && !allocated) await writeZeroRange(this.storage, old, newSize);
+    this.size = alignUp(newSize, SECTOR);
   }
 
   async info(): Promise<DriverInfo> {
