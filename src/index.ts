@@ -101,3 +101,14 @@ export {
   type ImageWriteOptions,
 } from './ops/streams.js';
 export { parseSize } from './units.js';
+// Internal snapshots (qemu-img snapshot, convert -l)
+export {
+  listSnapshotsOn,
+  createSnapshotOn,
+  deleteSnapshotOn,
+  applySnapshotOn,
+  SnapshotError,
+  SnapshotLoadError,
+  type SnapshotOps,
+  type InternalSnapshotRef,
+} from './block/snapshot.js';

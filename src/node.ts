@@ -14,3 +14,5 @@ export { nodeCodecs } from './io/codecs.js';
 export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
+// Internal snapshots (qemu-img snapshot)
+export { listSnapshotsFile, createSnapshotFile, deleteSnapshotFile, applySnapshotFile, type SnapshotFileOptions, type ListSnapshotsFileOptions } from './node/snapshot.js';

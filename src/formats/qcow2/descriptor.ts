@@ -7,6 +7,7 @@ import { checkQcow2File } from './check.js';
 import { createQcow2, parseQcow2CreateOptions, qcow2CreateLine } from './create.js';
 import { measureQcow2 } from './measure-image.js';
 import { openQcow2 } from './qcow2.js';
+import { qcow2SnapshotOps } from './snapshot-ops.js';
 
 const o = option;
 
@@ -82,6 +83,7 @@ export const qcow2Format: FormatDescriptor = {
   },
   check: (storage, repair) => checkQcow2File(storage, repair),
   measure: measureQcow2,
+  snapshots: qcow2SnapshotOps,
 };
 
 const view = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.length);
