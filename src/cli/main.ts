@@ -30,7 +30,7 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
   convert: {
     run: cmdConvert,
-    syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
+    syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
   },
   create: { run: cmdCreate, syntax: 'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
   info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
