@@ -82,9 +82,7 @@ async function withImageFile<T>(
   run: (storage: FileStorage, format: ImageFormat, probedRaw: boolean) => Promise<T>,
 ): Promise<T> {
   const couldNotOpen = (e: unknown) =>
-    isImageError(e) && e.message.startsWith('Could not open')
-      ? e
-      : new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   if (opts.forceShare && writable) throw couldNotOpen(new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
   let format: ImageFormat;
   try {

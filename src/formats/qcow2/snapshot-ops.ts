@@ -87,7 +87,19 @@ async function apply(storage: Storage, idOrName: string) {
   const oldL1Offset = h.l1TableOffset;
   const grow = sn.l1Size > h.l1Size;
   const newL1Offset = grow ? await s.allocate(sn.l1Size * C.L1_ENTRY_SIZE) : h.l1TableOffset;
-  await s.addReferences(snL1, 1);
+  // Net changes per cluster: increases before the switch, decreases after it. A
+  // cluster both tables use keeps its count, so none passes the refcount maximum.
+  const changes = new Map<number, number>();
+  await s.collectReferences(snL1, 1, changes);
+  // qemu takes the snapshot's references before dropping the old ones, and
+  // refuses when that passes the refcount maximum; nothing is written then.
+  const max = h.refcountOrder >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** 2 ** h.refcountOrder - 1;
+  for (const [c, d] of changes) {
+    if ((await s.refs.get(c)) + d > max) throw new SnapshotError('invalid', 'Failed to load snapshot: Invalid argument');
+  }
+  await s.collectReferences(oldL1, -1, changes);
+  if (grow && oldL1.length > 0) for (let c = oldL1Offset / s.clusterSize, n = Math.ceil((oldL1.length * C.L1_ENTRY_SIZE) / s.clusterSize); n > 0; n--, c++) changes.set(c, (changes.get(c) ?? 0) - 1);
+  await s.applyChanges(changes, 1);
   // The snapshot's clusters become shared with the active image: no table may mark them writable in place.
   await s.clearL2Flags(snL1);
   await storage.flush();
@@ -110,8 +122,7 @@ async function apply(storage: Storage, idOrName: string) {
   }
   h.size = size;
   // The old active tables' references go once nothing refers to them.
-  await s.addReferences(oldL1, -1);
-  if (grow && oldL1.length > 0) await s.refs.update(oldL1Offset, oldL1.length * C.L1_ENTRY_SIZE, -1);
+  await s.applyChanges(changes, -1);
   await s.sync();
   await s.restoreCopiedFlags();
 }

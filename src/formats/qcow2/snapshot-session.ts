@@ -120,6 +120,33 @@ export class SnapshotSession {
   }
 
   /**
+   * The refcount changes `delta` references through an L1 table make, per
+   * host cluster, added into `into` (nothing is changed).
+   */
+  async collectReferences(l1: readonly bigint[], delta: number, into: Map<number, number>): Promise<void> {
+    const add = (offset: number, length: number) => {
+      const first = Math.floor(offset / this.clusterSize);
+      const last = Math.floor((offset + length - 1) / this.clusterSize);
+      for (let c = first; c <= last; c++) into.set(c, (into.get(c) ?? 0) + delta);
+    };
+    for (const l2 of this.l2Tables(l1)) {
+      add(l2, this.clusterSize);
+      const { view } = await this.readL2(l2);
+      for (let p = 0; p < this.clusterSize; p += this.l2EntryBytes) {
+        const ref = this.hostRef(view.getBigUint64(p, false));
+        if (ref) add(ref.offset, ref.length);
+      }
+    }
+  }
+
+  /** Apply the increases (`sign` 1) or the decreases (`sign` -1) of a change set, in memory. */
+  async applyChanges(changes: ReadonlyMap<number, number>, sign: 1 | -1): Promise<void> {
+    for (const [cluster, d] of changes) {
+      if (d * sign > 0) await this.refs.update(cluster * this.clusterSize, 1, d);
+    }
+  }
+
+  /**
    * Rewrite the COPIED flags of the L2 tables an L1 table reaches: set
    * where `copied` says so for the data's refcount, clear elsewhere.
    * Only changed tables are written; no sync.
