@@ -216,6 +216,8 @@ test('snapshot errors and edge cases print what qemu-img prints', (t) => {
     ['-l', q, q],
     [],
     ['-f', 'raw', '-l', raw],
+    ['-U', '-c', 'x', q],
+    ['-U', '-q', '-l', q],
     ['-l', join(dir, 'missing.qcow2')],
   ];
   for (const args of cases) {
