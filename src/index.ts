@@ -103,6 +103,7 @@ export {
 export { parseSize } from './units.js';
 // Internal snapshots (qemu-img snapshot, convert -l)
 export {
+  listSnapshots,
   listSnapshotsOn,
   createSnapshotOn,
   deleteSnapshotOn,

@@ -9,6 +9,7 @@ import type { Storage } from '../io/storage.js';
 import type { ImageFormat } from './driver.js';
 import { formatDescriptor } from './format.js';
 import type { SnapshotInfo } from './info.js';
+import type { Image } from './image.js';
 
 export type { SnapshotInfo } from './info.js';
 
@@ -33,6 +34,11 @@ export class SnapshotError extends ImageError {}
 export class SnapshotLoadError extends ImageError {}
 
 const OP_NOT_SUPPORTED = '-95 (Operation not supported)';
+
+/** The internal snapshots of an open image (its top layer), as qemu-img info lists them. */
+export async function listSnapshots(image: Image): Promise<SnapshotInfo[]> {
+  return (await image.info()).snapshots ?? [];
+}
 
 /** The snapshot table of an image file's format (empty for formats without snapshots, as qemu lists them). */
 export async function listSnapshotsOn(storage: Storage, format: ImageFormat): Promise<SnapshotInfo[]> {

@@ -282,3 +282,34 @@ test('convert -l errors print what qemu-img prints', (t) => {
     assert.equal(ours.status, theirs.status, what);
   }
 });
+
+test('library: snapshot functions on files and open images', async (t) => {
+  if (!requireTools(t)) return;
+  const { applySnapshotFile, createSnapshotFile, deleteSnapshotFile, listSnapshots, listSnapshotsFile, openImageFile } = await import('../../src/node.js');
+  const dir = tmpDir();
+  const path = join(dir, 'img.qcow2');
+  ok(qemuImg(['create', '-q', '-f', 'qcow2', path, '1M']), 'create');
+  io(path, ['write -P 0x11 0 64k']);
+  const sn = await createSnapshotFile(path, 'lib');
+  assert.equal(sn.id, '1');
+  assert.equal(sn.name, 'lib');
+  io(path, ['write -P 0x22 0 64k']);
+  assert.deepEqual((await listSnapshotsFile(path)).map((s) => s.name), ['lib']);
+  const img = await openImageFile(path, { internalSnapshot: 'lib' });
+  const buf = new Uint8Array(65536);
+  await img.read(0, buf);
+  assert.ok(buf.every((b) => b === 0x11), 'the snapshot reads as it was made');
+  await img.close();
+  const active = await openImageFile(path);
+  assert.deepEqual((await listSnapshots(active)).map((s) => s.id), ['1']);
+  await active.read(0, buf);
+  assert.ok(buf.every((b) => b === 0x22));
+  await active.close();
+  await assert.rejects(openImageFile(path, { internalSnapshot: { id: '1', name: 'other' } }), /Can't find snapshot/);
+  await assert.rejects(deleteSnapshotFile(path, 'nope'), /^ImageError: Could not delete snapshot 'nope': snapshot not found$/m);
+  await applySnapshotFile(path, '1');
+  ok(qemuIo(['-f', 'qcow2', '-c', 'read -P 0x11 0 64k', path]), 'applied');
+  await deleteSnapshotFile(path, 'lib');
+  assert.deepEqual(await listSnapshotsFile(path), []);
+  assertClean(path, 'after the library calls');
+});
