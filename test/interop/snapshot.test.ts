@@ -8,7 +8,7 @@
  * or applied by qimg must leave the image qemu-img leaves on a copy.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir, type RunResult } from '../helpers/tools.js';
@@ -312,4 +312,37 @@ test('library: snapshot functions on files and open images', async (t) => {
   await deleteSnapshotFile(path, 'lib');
   assert.deepEqual(await listSnapshotsFile(path), []);
   assertClean(path, 'after the library calls');
+});
+
+test('snapshot apply grows the active L1 table when the snapshot has a larger one', (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir();
+  const path = join(dir, 'img.qcow2');
+  // 4k clusters: one L2 table covers 2 MiB, so 64M has an L1 table of 32 entries.
+  ok(qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', path, '64M']), 'create');
+  io(path, ['write -P 0x11 0 1M']);
+  ok(qimg(['snapshot', '-c', 'big', path]), 'snapshot');
+  io(path, ['write -P 0x22 0 64k']);
+  // The active image becomes a 1M one with a 1-entry L1 table (only entry 0 was in use):
+  // qemu never shrinks an L1 table itself, so the header is edited.
+  const fd = openSync(path, 'r+');
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(1n << 20n);
+  writeSync(fd, b, 0, 8, 24);
+  b.writeUInt32BE(1, 0);
+  writeSync(fd, b, 0, 4, 36);
+  closeSync(fd);
+  assertClean(path, 'edited header');
+  const a = join(dir, 'a.qcow2');
+  const c = join(dir, 'b.qcow2');
+  copyFileSync(path, a);
+  copyFileSync(path, c);
+  ok(qimg(['snapshot', '-a', 'big', a]), 'qimg -a big');
+  ok(qemuImg(['snapshot', '-a', 'big', c]), 'qemu-img -a big');
+  assertClean(a, 'after -a big');
+  identical(a, c, 'after -a big');
+  const info = (p: string) => JSON.parse(qemuImg(['info', '--output=json', p]).stdout) as { 'virtual-size': number };
+  assert.equal(info(a)['virtual-size'], 64 << 20);
+  io(a, ['write -P 0x33 60M 64k', 'read -P 0x11 64k 64k']);
+  assertClean(a, 'writes after the L1 table grew');
 });
