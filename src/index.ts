@@ -112,3 +112,15 @@ export {
 
 // Resize (qemu-img resize, qemu-io truncate)
 export { resizeImage, parsePreallocation, type ResizeOptions, type Preallocation } from './ops/resize.js';
+// Internal snapshots (qemu-img snapshot, convert -l)
+export {
+  listSnapshots,
+  listSnapshotsOn,
+  createSnapshotOn,
+  deleteSnapshotOn,
+  applySnapshotOn,
+  SnapshotError,
+  SnapshotLoadError,
+  type SnapshotOps,
+  type InternalSnapshotRef,
+} from './block/snapshot.js';

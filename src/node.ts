@@ -18,3 +18,5 @@ export { convertToStream } from './node/convert-stream.js';
 
 // Resize (qemu-img resize)
 export { resizeImageFile, type ResizeFileOptions } from './node/resize.js';
+// Internal snapshots (qemu-img snapshot)
+export { listSnapshotsFile, createSnapshotFile, deleteSnapshotFile, applySnapshotFile, type SnapshotFileOptions, type ListSnapshotsFileOptions } from './node/snapshot.js';

@@ -8,6 +8,7 @@
 import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
 import type { DriverInfo } from './info.js';
+import type { InternalSnapshotRef } from './snapshot.js';
 
 export type ImageFormat = 'qcow2' | 'qed' | 'raw';
 
@@ -105,6 +106,8 @@ export interface DriverContext {
   dataFile?: Storage;
   /** The format was guessed from the contents, not named by the caller. */
   probed?: boolean;
+  /** Read the guest contents as of this internal snapshot (read-only opens). */
+  internalSnapshot?: InternalSnapshotRef;
 }
 
 export type DriverOpener = (ctx: DriverContext) => Promise<FormatDriver>;

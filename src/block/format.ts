@@ -14,6 +14,7 @@ import type { OptionBag } from './options.js';
 import type { OptionSpec } from './create-options.js';
 import type { CheckResult, RepairMode } from './check.js';
 import type { StreamWriter } from './stream-target.js';
+import type { SnapshotOps } from './snapshot.js';
 
 /** What creating an image may need from its caller. */
 export interface CreateContext {
@@ -61,6 +62,8 @@ export interface FormatDescriptor {
   writeStream?: StreamWriter;
   /** qemu-img measure for this target format. Absent: "does not support size measurement". */
   measure?(bag: OptionBag, source?: Image): Promise<MeasureResult>;
+  /** Internal snapshots (qemu-img snapshot, convert -l). Absent: qemu's "not supported" errors. */
+  readonly snapshots?: SnapshotOps;
 }
 
 const formats = new Map<ImageFormat, FormatDescriptor>();

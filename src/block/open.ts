@@ -13,6 +13,7 @@ import { formatDescriptor } from './format.js';
 import { BlockImage, type Image } from './image.js';
 import { dataFilePermissions, imagePermissions } from './perms.js';
 import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
+import { noTemporarySnapshots, type InternalSnapshotRef } from './snapshot.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
 export interface Host {
@@ -91,6 +92,12 @@ export interface OpenOptions {
    * Only meaningful with `writable`; a read-only open needs no overlay.
    */
   snapshot?: boolean;
+  /**
+   * Read the image as of one of its internal snapshots (qemu-img convert -l):
+   * an id or name (id first), or `{ id, name }` that must both match.
+   * Read-only; the backing chain opens as usual.
+   */
+  internalSnapshot?: InternalSnapshotRef;
 }
 
 /** Writes a new empty overlay image over a backing file into `storage` (snapshot mode). */
@@ -175,7 +182,7 @@ async function openLayer(
         if (driver.backing.format !== undefined && bfmt === undefined) {
           throw new ImageError('unsupported', `Unknown driver '${driver.backing.format}'`);
         }
-        backing = await openLayer(backingPath, bfmt, { ...opts, writable: false }, [...seen, id], depth + 1);
+        backing = await openLayer(backingPath, bfmt, { ...opts, writable: false, internalSnapshot: undefined }, [...seen, id], depth + 1);
       } catch (e) {
         await driver.close().catch(() => {});
         throw e instanceof ImageError && e.code !== 'invalid' && !e.message.startsWith('Could not open backing file')
@@ -200,7 +207,9 @@ async function openDriver(
     await storage.read(head, 0);
     fmt = probeFormat(head);
   }
-  const opener = formatDescriptor(fmt).open;
+  const descriptor = formatDescriptor(fmt);
+  if (opts.internalSnapshot !== undefined && !descriptor.snapshots) throw noTemporarySnapshots(fmt);
+  const opener = descriptor.open;
   // Locked once the format is known (it decides the permissions), before the header is trusted.
   const req = { writable, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare };
   await storage.setPermissions?.(imagePermissions(fmt, req));
@@ -210,6 +219,7 @@ async function openDriver(
     codecs: opts.host.codecs,
     metadataOnly: opts.metadataOnly ?? false,
     probed: format === undefined,
+    internalSnapshot: opts.internalSnapshot,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
       // qemu names the data file's node by the name the image records (it

@@ -15,6 +15,7 @@ import { cmdMeasure } from './img/measure.js';
 import { cmdInfo } from './img/info.js';
 import { cmdMap } from './img/map.js';
 import { cmdResize } from './img/resize.js';
+import { cmdSnapshot } from './img/snapshot.js';
 import { cmdIo } from './io/io.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
@@ -30,7 +31,7 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
   convert: {
     run: cmdConvert,
-    syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
+    syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
   },
   create: { run: cmdCreate, syntax: 'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
   info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
@@ -39,6 +40,10 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   resize: {
     run: cmdResize,
     syntax: 'resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size',
+  },
+  snapshot: {
+    run: cmdSnapshot,
+    syntax: 'snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename',
   },
   io: { run: cmdIo, syntax: "io [-f fmt] [-r] [-U] [-c 'command']... filename" },
 };

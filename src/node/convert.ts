@@ -24,6 +24,7 @@ import { rateLimited } from '../ops/ratelimit.js';
 import { writethroughTarget } from '../ops/writethrough.js';
 import { nodeHost } from './host.js';
 import { openImageFile } from './open.js';
+import { SnapshotLoadError, type InternalSnapshotRef } from '../block/snapshot.js';
 
 const SECTOR = 512;
 
@@ -59,6 +60,11 @@ export interface ConvertFileOptions extends OperationOptions {
   salvage?: (offset: number, message: string) => void;
   /** Output cache mode (-t). Default unsafe: no flush until the end, as qemu-img. */
   cache?: CacheMode | string;
+  /**
+   * Read the first source as of one of its internal snapshots (-l): an id or
+   * name (id first), or `{ id, name }` that must both match.
+   */
+  sourceSnapshot?: InternalSnapshotRef;
   /** Read the sources even while another process writes them (-U). */
   forceShare?: boolean;
   /** qemu-img's percentage progress (0..100), as -p prints it. */
@@ -88,7 +94,8 @@ export async function convertImageFile(sources: string | readonly string[], outp
   let image: Image | undefined;
   let created = false;
   try {
-    for (const p of srcPaths) images.push(await openSource(p, opts));
+    if (typeof opts.sourceSnapshot === 'string' && srcPaths.length > 1) throw bad('No support for concatenating multiple snapshot');
+    for (const [i, p] of srcPaths.entries()) images.push(await openSource(p, opts, i === 0 ? opts.sourceSnapshot : undefined));
     const total = totalSize(images);
     const descriptor = findFormat(outFmt);
     if (!noCreate && !descriptor) throw bad(`Unknown file format '${outFmt}'`);
@@ -208,15 +215,17 @@ function couldNotOpen(path: string, e: unknown): ImageError {
   return new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${messageOf(e)}`, { cause: e });
 }
 
-async function openSource(path: string, opts: ConvertFileOptions): Promise<Image> {
+async function openSource(path: string, opts: ConvertFileOptions, internalSnapshot: InternalSnapshotRef | undefined): Promise<Image> {
   let format: ImageFormat | undefined;
   if (opts.sourceFormat !== undefined) {
     format = parseFormatName(opts.sourceFormat);
     if (format === undefined) throw new ImageError('unsupported', `Could not open '${path}': Unknown driver '${opts.sourceFormat}'`);
   }
   try {
-    return await openImageFile(path, { format, forceShare: opts.forceShare });
+    return await openImageFile(path, { format, forceShare: opts.forceShare, internalSnapshot });
   } catch (e) {
+    // qemu loads the snapshot once the image is open: its errors are not open errors.
+    if (e instanceof SnapshotLoadError) throw e;
     throw couldNotOpen(path, e);
   }
 }

@@ -1,18 +1,20 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
-import { convertImageFile, isImageError, parseCacheMode } from '../../node.js';
+import { convertImageFile, isImageError, parseCacheMode, type InternalSnapshotRef } from '../../node.js';
 import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
 import { getopt, parseSize } from '../options.js';
 import { hasHelpOption } from '../../node.js';
 import { convertToStdout } from './convert-stream.js';
 import { accumulate, optionHelp } from './create.js';
 
-export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
+export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
 
 Copy one or more images (concatenated) into a new image.
   -f, --source-format=FMT  format of the source images; probed when absent
   -O, --target-format=FMT  output format: raw (default), qcow2 or qed
   -o, --target-format-options=OPTIONS  creation options of the output (-o help lists them)
   -c, --compress           compress every data cluster (qcow2), on all cores
+  -l, --snapshot=SNAPSHOT  read the (first) source as of an internal snapshot: an id or
+                           name, or snapshot.id=ID[,snapshot.name=NAME]
   -B, --backing=FILE       backing file of the output: only what the sources'
                            top layers allocate is copied
   -F, --backing-format=FMT format of that backing file (required with -B)
@@ -68,6 +70,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
     { name: 'snapshot', arg: 'required', key: 'l' },
   ]);
   let srcFmt: string | undefined;
+  let sourceSnapshot: InternalSnapshotRef | undefined;
   let outFmt = 'raw';
   let progress = false;
   let quiet = false;
@@ -148,7 +151,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
         optText = accumulate(optText, v);
         break;
       case 'l':
-        throw new CliError('Snapshots (-l) are not supported by convert yet');
+        sourceSnapshot = parseSnapshotParam(v);
+        break;
       case 'image-opts':
       case 'target-image-opts':
         throw new CliError(`--${o.key} is not supported yet`);
@@ -206,6 +210,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
       await convertImageFile(srcPaths, outPath, {
         format: outFmt,
         sourceFormat: srcFmt,
+        sourceSnapshot,
         options: optText,
         backingFile: outBase,
         backingFormat: outBaseFmt,
@@ -237,3 +242,43 @@ export async function cmdConvert(args: string[]): Promise<number> {
   return 0;
 }
 
+
+/**
+ * -l's argument: `snapshot.id=ID,snapshot.name=NAME` (either or both), or
+ * a bare id or name, as qemu-img convert reads it.
+ */
+function parseSnapshotParam(text: string): InternalSnapshotRef {
+  if (!text.startsWith('snapshot.')) return text;
+  const ref: { id?: string; name?: string } = {};
+  for (const part of splitOptions(text)) {
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq);
+    const value = eq < 0 ? 'on' : part.slice(eq + 1);
+    if (key === 'snapshot.id') ref.id = value;
+    else if (key === 'snapshot.name') ref.name = value;
+    else {
+      err(`${PROG}: Invalid parameter '${key}'\n`);
+      throw new CliError(`Failed in parsing snapshot param '${text}'`);
+    }
+  }
+  return ref;
+}
+
+/** qemu's option list: commas separate, a doubled comma is a literal one. */
+function splitOptions(text: string): string[] {
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] === ',') {
+      if (text[i + 1] === ',') {
+        cur += ',';
+        i++;
+        continue;
+      }
+      parts.push(cur);
+      cur = '';
+    } else cur += text[i];
+  }
+  parts.push(cur);
+  return parts;
+}

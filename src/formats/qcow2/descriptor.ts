@@ -8,6 +8,7 @@ import { createQcow2, parseQcow2CreateOptions, qcow2CreateLine } from './create.
 import { measureQcow2 } from './measure-image.js';
 import { openQcow2 } from './qcow2.js';
 import { qcow2StreamWriter } from './stream-writer.js';
+import { qcow2SnapshotOps } from './snapshot-ops.js';
 
 const o = option;
 
@@ -84,6 +85,7 @@ export const qcow2Format: FormatDescriptor = {
   check: (storage, repair) => checkQcow2File(storage, repair),
   writeStream: qcow2StreamWriter,
   measure: measureQcow2,
+  snapshots: qcow2SnapshotOps,
 };
 
 const view = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.length);

@@ -16,10 +16,13 @@ import { Sub } from './l2.js';
 import { LUKS_HEADER_SIZE, parseLuksHeader, type LuksInfo } from './luks-info.js';
 import { L2Mapper } from './mapping.js';
 import { RefcountReader } from './refcount.js';
-import { RefcountStore } from './refcounts.js';
+import type { RefcountStore } from './refcounts.js';
+import { loadRefcountStore } from './refcount-open.js';
 import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
 import { Qcow2Writer } from './writer.js';
 import { checkQcow2Resize, growQcow2, shrinkQcow2, type ResizeParts } from './resize.js';
+import { SnapshotLoadError } from '../../block/snapshot.js';
+import { findSnapshot, findSnapshotByIdOrName } from './snapshot-table.js';
 import { needsSecret, refuseWithoutKey } from './encryption.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
@@ -429,6 +432,21 @@ async function readL1(storage: Storage, h: Qcow2Header, fileSize: number): Promi
   return buf;
 }
 
+/**
+ * The header as it would read with a snapshot's L1 table and disk size
+ * active (qcow2_snapshot_load_tmp): a read-only view of the snapshot.
+ */
+async function atSnapshot(storage: Storage, header: Qcow2Header, ctx: DriverContext): Promise<Qcow2Header> {
+  const ref = ctx.internalSnapshot!;
+  if (ctx.writable) throw new ImageError('bad-argument', 'Internal snapshots can only be loaded read-only');
+  const size = header.size - (header.size % C.SECTOR_SIZE);
+  const list = await readSnapshots(storage, header.snapshotsOffset, header.nbSnapshots, size);
+  const i = typeof ref === 'string' ? findSnapshotByIdOrName(list, ref) : findSnapshot(list, ref.id, ref.name);
+  if (i < 0) throw new SnapshotLoadError('not-found', "Failed to load snapshot: Can't find snapshot");
+  const sn = list[i]!;
+  return { ...header, l1TableOffset: Number(sn.l1TableOffset), l1Size: sn.l1Size, size: Number(sn.diskSize) };
+}
+
 export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   const storage = ctx.storage;
   let header = await readHeader(storage, { writable: ctx.writable });
@@ -442,6 +460,7 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     header = await readHeader(storage, { writable: true });
   }
   const fileSize = await storage.size();
+  if (ctx.internalSnapshot !== undefined) header = await atSnapshot(storage, header, ctx);
   const l1 = ctx.writable ? await readWholeL1(storage, header) : await readL1(storage, header, fileSize);
   const inc = Number(header.incompatibleFeatures);
   const ext = header.extensions;
@@ -477,23 +496,7 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     const snapshots = await readSnapshots(storage, header.snapshotsOffset, header.nbSnapshots, virtualSize);
     let refcountStore: RefcountStore | undefined;
     if (ctx.writable) {
-      refcountStore = await RefcountStore.load({
-        storage,
-        clusterBits: header.clusterBits,
-        refcountOrder: header.refcountOrder,
-        tableOffset: header.refcountTableOffset,
-        tableClusters: header.refcountTableClusters,
-        onTableMoved: async (offset, clusters) => {
-          header.refcountTableOffset = offset;
-          header.refcountTableClusters = clusters;
-          const b = new Uint8Array(12);
-          const v = new DataView(b.buffer);
-          v.setBigUint64(0, BigInt(offset), false);
-          v.setUint32(8, clusters, false);
-          await storage.write(b, 48);
-          await storage.flush();
-        },
-      });
+      refcountStore = await loadRefcountStore(storage, header);
     }
     return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore });
   } catch (e) {
