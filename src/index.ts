@@ -101,3 +101,17 @@ export {
   type ImageWriteOptions,
 } from './ops/streams.js';
 export { parseSize } from './units.js';
+
+// Persistent dirty bitmaps
+export {
+  listBitmaps,
+  addBitmap,
+  removeBitmap,
+  clearBitmap,
+  enableBitmap,
+  disableBitmap,
+  mergeBitmap,
+  type DirtyBitmapInfo,
+  type AddBitmapOptions,
+  type MergeBitmapOptions,
+} from './ops/bitmaps.js';

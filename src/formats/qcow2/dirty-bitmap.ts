@@ -3,13 +3,14 @@
  * byte n/8 is granule n, as the spec's bitmap data is laid out), and its
  * bitmap table on disk (spec: Bitmaps, "Bitmap table").
  */
+import type { BitmapBits } from '../../block/bitmaps.js';
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import * as C from './constants.js';
 
 const TWO_32 = 0x1_0000_0000;
 
-export class DirtyBitmap {
+export class DirtyBitmap implements BitmapBits {
   readonly granularity: number;
   readonly bits: Uint8Array;
   /** Changed since it was loaded: it must be stored again. */
@@ -53,11 +54,13 @@ export class DirtyBitmap {
   }
 
   /** OR another bitmap of the same image into this one (granularities may differ). */
-  merge(other: DirtyBitmap): void {
+  merge(other: BitmapBits): void {
     const gs = other.granularity;
     const count = Math.ceil(other.size / gs);
-    for (let g = 0; g < count; g++) {
-      if (other.bits[g >> 3]! & (1 << (g & 7))) this.set(g * gs, gs);
+    if (other instanceof DirtyBitmap && gs === this.granularity) {
+      for (let i = 0; i < this.bits.length; i++) this.bits[i]! |= other.bits[i]!;
+    } else {
+      for (let g = 0; g < count; g++) if (other.isSet(g)) this.set(g * gs, gs);
     }
     this.changed = true;
   }

@@ -5,9 +5,10 @@
  * A bitmap found in-use on open was not stored by its last writer: it is
  * kept, untouched and still in-use, and never trusted.
  */
+import type { PersistentBitmapSet, StoredBitmap } from '../../block/bitmaps.js';
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
-import { readBitmapDirectory, serializeBitmapDirectory, type BitmapEntry } from './bitmap.js';
+import { bitmapInfo, readBitmapDirectory, serializeBitmapDirectory, type BitmapEntry } from './bitmap.js';
 import * as C from './constants.js';
 import { DirtyBitmap, loadBitmapData, readBitmapTable, tableEntries } from './dirty-bitmap.js';
 import type { BitmapsExtension } from './header.js';
@@ -28,22 +29,34 @@ export interface BitmapSink {
   writeExtension(ext: BitmapsExtension | undefined): Promise<void>;
 }
 
-export class PersistentBitmaps {
+const BME_MAX_TABLE_SIZE = 0x8000000;
+
+export class PersistentBitmaps implements PersistentBitmapSet {
   private directory: { offset: number; size: number } | undefined;
   private inUseOnDisk = false;
   /** Bitmaps added or removed: the directory must be rewritten even if no data changed. */
   private listChanged = false;
 
   private constructor(
-    readonly list: LoadedBitmap[],
+    readonly bitmaps: LoadedBitmap[],
     private readonly size: number,
     private readonly clusterSize: number,
     ext: BitmapsExtension | undefined,
+    private readonly version: 2 | 3,
   ) {
     if (ext) this.directory = { offset: ext.directoryOffset, size: ext.directorySize };
+    this.defaultGranularity = Math.min(65536, Math.max(4096, clusterSize));
   }
 
-  static async load(storage: Storage, ext: BitmapsExtension | undefined, clusterSize: number, size: number): Promise<PersistentBitmaps> {
+  readonly defaultGranularity: number;
+
+  static async load(
+    storage: Storage,
+    ext: BitmapsExtension | undefined,
+    clusterSize: number,
+    size: number,
+    version: 2 | 3 = 3,
+  ): Promise<PersistentBitmaps> {
     const entries = ext ? await readBitmapDirectory(storage, ext, clusterSize, size) : [];
     const list: LoadedBitmap[] = [];
     for (const entry of entries) {
@@ -54,20 +67,59 @@ export class PersistentBitmaps {
       const data = inUse ? undefined : await loadBitmapData(storage, table, size, entry.granularityBits, clusterSize);
       list.push({ entry, data, oldClusters });
     }
-    return new PersistentBitmaps(list, size, clusterSize, ext);
+    return new PersistentBitmaps(list, size, clusterSize, ext, version);
+  }
+
+  list(): StoredBitmap[] {
+    return this.bitmaps.map((b) => ({
+      name: b.entry.name,
+      granularity: 2 ** b.entry.granularityBits,
+      enabled: (b.entry.flags & C.BME_FLAG_AUTO) !== 0,
+      bits: b.data,
+      // What the directory says once stored: in-use only when found so.
+      flags: bitmapInfo({ ...b.entry, flags: b.data ? b.entry.flags & ~C.BME_FLAG_IN_USE : b.entry.flags }).flags,
+    }));
+  }
+
+  /** qcow2's can_store_new_dirty_bitmap and check_constraints_on_bitmap, in their order. */
+  checkCanStore(name: string, granularity: number): void {
+    const fail = (m: string): never => {
+      throw new ImageError('unsupported', m);
+    };
+    if (this.version < 3) fail('Cannot store dirty bitmaps in qcow2 v2 files');
+    const bits = Math.log2(granularity);
+    if (bits < C.BME_MIN_GRANULARITY_BITS) fail(`Granularity is under minimum (${2 ** C.BME_MIN_GRANULARITY_BITS} bytes)`);
+    if (bits > C.BME_MAX_GRANULARITY_BITS) fail(`Granularity exceeds maximum (${2 ** C.BME_MAX_GRANULARITY_BITS} bytes)`);
+    const bytes = Math.ceil(Math.ceil(this.size / granularity) / 8);
+    if (bytes > C.BME_MAX_PHYS_SIZE || Math.ceil(bytes / this.clusterSize) > BME_MAX_TABLE_SIZE) {
+      fail('Too much space will be occupied by the bitmap. Use larger granularity');
+    }
+    const nameBytes = new TextEncoder().encode(name).length;
+    if (nameBytes > C.BME_MAX_NAME_SIZE) fail(`Name length exceeds maximum (${C.BME_MAX_NAME_SIZE} characters)`);
+    if (this.bitmaps.length >= C.MAX_BITMAPS) fail('Maximum number of persistent bitmaps is already reached');
+    const dirSize = serializeBitmapDirectory(this.bitmaps.map((b) => b.entry)).length;
+    if (dirSize + ((C.BITMAP_DIR_ENTRY_SIZE + nameBytes + 7) & ~7) > C.MAX_BITMAP_DIRECTORY_SIZE) {
+      fail('Not enough space in the bitmap directory');
+    }
   }
 
   get count(): number {
-    return this.list.length;
+    return this.bitmaps.length;
   }
 
   find(name: string): LoadedBitmap | undefined {
-    return this.list.find((b) => b.entry.name === name);
+    return this.bitmaps.find((b) => b.entry.name === name);
+  }
+
+  private named(name: string): LoadedBitmap {
+    const b = this.find(name);
+    if (!b) throw new ImageError('bad-argument', `Dirty bitmap '${name}' not found`);
+    return b;
   }
 
   /** Dirty the granules of [offset, offset+length) in every enabled, consistent bitmap. */
   markDirty(offset: number, length: number): void {
-    for (const b of this.list) {
+    for (const b of this.bitmaps) {
       if (b.data && b.entry.flags & C.BME_FLAG_AUTO) b.data.set(offset, length);
     }
   }
@@ -78,16 +130,17 @@ export class PersistentBitmaps {
    * stored leaves them flagged rather than silently stale.
    */
   async markInUse(storage: Storage): Promise<void> {
-    if (this.inUseOnDisk || !this.directory || this.list.length === 0) return;
-    for (const b of this.list) b.entry.flags |= C.BME_FLAG_IN_USE;
-    const dir = serializeBitmapDirectory(this.list.map((b) => b.entry));
+    if (this.inUseOnDisk || !this.directory || this.bitmaps.length === 0) return;
+    for (const b of this.bitmaps) b.entry.flags |= C.BME_FLAG_IN_USE;
+    const dir = serializeBitmapDirectory(this.bitmaps.map((b) => b.entry));
     if (dir.length !== this.directory.size) throw new ImageError('corrupt', 'Bitmap directory changed size');
     await storage.write(dir, this.directory.offset);
     await storage.flush();
     this.inUseOnDisk = true;
   }
 
-  add(name: string, granularityBits: number, enabled: boolean): void {
+  add(name: string, granularity: number, enabled: boolean): void {
+    const granularityBits = Math.log2(granularity);
     const entry: BitmapEntry = {
       name,
       tableOffset: 0,
@@ -98,17 +151,19 @@ export class PersistentBitmaps {
     };
     const data = new DirtyBitmap(this.size, granularityBits);
     data.changed = true;
-    this.list.push({ entry, data, oldClusters: [] });
+    this.bitmaps.push({ entry, data, oldClusters: [] });
     this.listChanged = true;
   }
 
-  remove(b: LoadedBitmap): void {
-    this.list.splice(this.list.indexOf(b), 1);
+  remove(name: string): void {
+    const b = this.named(name);
+    this.bitmaps.splice(this.bitmaps.indexOf(b), 1);
     this.removed.push(...b.oldClusters);
     this.listChanged = true;
   }
 
-  setEnabled(b: LoadedBitmap, on: boolean): void {
+  setEnabled(name: string, on: boolean): void {
+    const b = this.named(name);
     b.entry.flags = on ? b.entry.flags | C.BME_FLAG_AUTO : b.entry.flags & ~C.BME_FLAG_AUTO;
     this.listChanged = true;
   }
@@ -131,7 +186,7 @@ export class PersistentBitmaps {
     const { storage, refcounts } = sink;
     const cs = this.clusterSize;
     const frees = [...this.removed];
-    for (const b of this.list) {
+    for (const b of this.bitmaps) {
       if (!b.data) continue; // inconsistent: keep its table and its in-use flag
       if (b.data.changed || b.entry.tableOffset === 0) {
         const table = new Uint8Array(b.entry.tableSize * 8);
@@ -157,11 +212,11 @@ export class PersistentBitmaps {
     }
     const old = this.directory;
     let ext: BitmapsExtension | undefined;
-    if (this.list.length > 0) {
-      const dir = serializeBitmapDirectory(this.list.map((b) => b.entry));
+    if (this.bitmaps.length > 0) {
+      const dir = serializeBitmapDirectory(this.bitmaps.map((b) => b.entry));
       const offset = await refcounts.allocate(Math.ceil(dir.length / cs));
       await storage.write(padCluster(dir, cs), offset);
-      ext = { nbBitmaps: this.list.length, directorySize: dir.length, directoryOffset: offset };
+      ext = { nbBitmaps: this.bitmaps.length, directorySize: dir.length, directoryOffset: offset };
       this.directory = { offset, size: dir.length };
     } else {
       this.directory = undefined;
@@ -173,7 +228,7 @@ export class PersistentBitmaps {
     for (const f of frees) await refcounts.update(f.offset, f.length, -1);
     await refcounts.flushBlocks();
     await storage.flush();
-    for (const b of this.list) if (b.data) b.data.changed = false;
+    for (const b of this.bitmaps) if (b.data) b.data.changed = false;
     this.removed.length = 0;
     this.inUseOnDisk = false;
     this.listChanged = false;

@@ -3,6 +3,7 @@
  * guest ranges through L1/L2, compressed reads, and qemu-img info's
  * qcow2 fields.
  */
+import type { PersistentBitmapSet } from '../../block/bitmaps.js';
 import type { BackingReader, DriverContext, FormatDriver, Mapping } from '../../block/driver.js';
 import type { DriverInfo, FormatSpecific } from '../../block/info.js';
 import { ImageError, isImageError } from '../../errors.js';
@@ -236,12 +237,20 @@ export class Qcow2Driver implements FormatDriver {
     });
   }
 
-  /** For bitmap operations: the same preparation as a guest write. */
-  async prepareBitmapChange(): Promise<PersistentBitmaps> {
-    this.writerOrThrow();
-    if (!this.bitmaps) throw new ImageError('unsupported', 'Cannot store dirty bitmaps in this image');
-    await this.prepareForWrite();
-    return this.bitmaps;
+  private readOnlyBitmaps: Promise<PersistentBitmaps> | undefined;
+
+  /** The bitmaps; for a change, prepared as for a guest write (flagged in-use on disk). */
+  async persistentBitmaps(forChange: boolean): Promise<PersistentBitmapSet> {
+    if (forChange) {
+      this.writerOrThrow();
+      await this.prepareForWrite();
+    }
+    if (this.bitmaps) return this.bitmaps;
+    if (forChange) throw new ImageError('unsupported', 'Cannot store dirty bitmaps in qcow2 v2 files');
+    const h = this.header;
+    const ext = h.version === 3 && !h.extensions.bitmapsInconsistent ? h.extensions.bitmaps : undefined;
+    this.readOnlyBitmaps ??= PersistentBitmaps.load(this.storage, ext, this.clusterSize, this.size, h.version);
+    return this.readOnlyBitmaps;
   }
 
   private writerOrThrow(): Qcow2Writer {
@@ -515,8 +524,9 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     // QEMU loads the bitmaps of a v3 image on a writable open (unless a program without
     // bitmap support cleared the autoclear bit): their errors refuse the open.
     let bitmaps: PersistentBitmaps | undefined;
-    if (refcountStore && header.version === 3 && !ext.bitmapsInconsistent && header.cryptMethod === C.CRYPT_NONE) {
-      bitmaps = await PersistentBitmaps.load(storage, ext.bitmaps, header.clusterSize, virtualSize);
+    if (refcountStore && header.cryptMethod === C.CRYPT_NONE) {
+      const stored = header.version === 3 && !ext.bitmapsInconsistent ? ext.bitmaps : undefined;
+      bitmaps = await PersistentBitmaps.load(storage, stored, header.clusterSize, virtualSize, header.version);
     }
     return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore, bitmaps });
   } catch (e) {
