@@ -358,3 +358,19 @@ test('library bitmap operations: add, merge, remove, and their refusals', async 
   await assert.rejects(addBitmap(ro, 'y'), /read-only/);
   await ro.close();
 });
+
+test('convert -n into an image with bitmaps dirties them as qemu-img convert -n does', { skip: !haveNbd }, (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir();
+  const base = fixture(dir);
+  const src = join(dir, 'src.raw');
+  assert.equal(qemuImg(['create', '-q', '-f', 'raw', src, String(SIZE)]).status, 0);
+  assert.equal(qemuIo(['-f', 'raw', '-c', 'write -P 3 1M 64k', src]).status, 0);
+  const ours = copy(base, dir, 'ours.qcow2');
+  const theirs = copy(base, dir, 'theirs.qcow2');
+  assert.equal(qimg(['convert', '-n', '-f', 'raw', '-O', 'qcow2', src, ours]).status, 0);
+  assert.equal(qemuImg(['convert', '-n', '-f', 'raw', '-O', 'qcow2', src, theirs]).status, 0);
+  assert.deepEqual(infoJson(ours), infoJson(theirs));
+  assertClean(ours);
+  for (const b of ['b1', 'b2', 'b3']) assert.equal(dirtyMap(ours, b), dirtyMap(theirs, b), b);
+});
