@@ -111,6 +111,7 @@ export {
   enableBitmap,
   disableBitmap,
   mergeBitmap,
+  supportsPersistentBitmaps,
   type DirtyBitmapInfo,
   type AddBitmapOptions,
   type MergeBitmapOptions,

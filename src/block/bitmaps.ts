@@ -34,6 +34,8 @@ export interface PersistentBitmapSet {
   add(name: string, granularity: number, enabled: boolean): void;
   remove(name: string): void;
   setEnabled(name: string, enabled: boolean): void;
+  /** Whether this image can store bitmaps at all (qcow2 v2 cannot). */
+  readonly supported: boolean;
   /** The format's default granularity (QEMU: cluster size within 4 KiB..64 KiB). */
   readonly defaultGranularity: number;
 }

@@ -53,7 +53,13 @@ const emptySet: PersistentBitmapSet = {
   remove: () => {},
   setEnabled: () => {},
   defaultGranularity: 65536,
+  supported: false,
 };
+
+/** Whether the image can hold persistent bitmaps (qemu's bdrv_supports_persistent_dirty_bitmap). */
+export async function supportsPersistentBitmaps(image: Image): Promise<boolean> {
+  return (await bitmapsOf(image, false)).supported;
+}
 
 function lookup(set: PersistentBitmapSet, name: string): StoredBitmap {
   const b = set.list().find((x) => x.name === name);

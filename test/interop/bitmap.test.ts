@@ -374,3 +374,49 @@ test('convert -n into an image with bitmaps dirties them as qemu-img convert -n 
   assertClean(ours);
   for (const b of ['b1', 'b2', 'b3']) assert.equal(dirtyMap(ours, b), dirtyMap(theirs, b), b);
 });
+
+test('convert --bitmaps copies bitmaps as qemu-img does, and refuses what it refuses', { skip: !haveNbd }, (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir();
+  const src = fixture(dir, 'src.qcow2');
+  const broken = copy(src, dir, 'broken.qcow2');
+  flagInUse(broken, 'b2');
+  const raw = join(dir, 'src.raw');
+  assert.equal(qemuImg(['create', '-q', '-f', 'raw', raw, String(SIZE)]).status, 0);
+  const existing = join(dir, 'existing.qcow2');
+  assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', existing, String(SIZE)]).status, 0);
+  assert.equal(qemuImg(['bitmap', '--add', existing, 'b1']).status, 0);
+  const cases: Array<{ args: string[]; ext?: string; pre?: string }> = [
+    { args: ['--bitmaps', '-O', 'qcow2', src, 'OUT'] },
+    { args: ['--bitmaps', '-O', 'qcow2', '-o', 'cluster_size=4096', src, 'OUT'] },
+    { args: ['--bitmaps', '-O', 'raw', src, 'OUT'], ext: 'raw' },
+    { args: ['--bitmaps', '-O', 'qed', src, 'OUT'], ext: 'qed' },
+    { args: ['--bitmaps', '-O', 'qcow2', '-o', 'compat=0.10', src, 'OUT'] },
+    { args: ['--bitmaps', '-O', 'qcow2', src, src, 'OUT'] },
+    { args: ['--bitmaps', '-O', 'qcow2', raw, 'OUT'] },
+    { args: ['--bitmaps', '-O', 'qcow2', broken, 'OUT'] },
+    { args: ['--bitmaps', '--skip-broken-bitmaps', '-O', 'qcow2', broken, 'OUT'] },
+    { args: ['--skip-broken-bitmaps', '-O', 'qcow2', src, 'OUT'] },
+    { args: ['--bitmaps', '-n', '-O', 'qcow2', src, 'OUT'], pre: existing },
+  ];
+  for (const c of cases) {
+    const ext = c.ext ?? 'qcow2';
+    const ours = join(dir, `ours.${ext}`);
+    const theirs = join(dir, `theirs.${ext}`);
+    for (const f of [ours, theirs]) {
+      spawnSync('rm', ['-f', f]);
+      if (c.pre) copyFileSync(c.pre, f);
+    }
+    const label = c.args.join(' ').replaceAll(dir, '');
+    const a = qimg(['convert', ...c.args.map((x) => (x === 'OUT' ? ours : x))]);
+    const b = qemuImg(['convert', ...c.args.map((x) => (x === 'OUT' ? theirs : x))]);
+    assert.equal(a.status, b.status, `${label}: ${a.stderr}`);
+    assert.equal(asQemu(a.stderr).replaceAll(ours, 'OUT').replaceAll("'qimg bitmap", "'qemu-img bitmap"), b.stderr.replaceAll(theirs, 'OUT'), label);
+    const made = spawnSync('test', ['-f', theirs]).status === 0;
+    assert.equal(spawnSync('test', ['-f', ours]).status === 0, made, `${label}: output created?`);
+    if (!made || ext !== 'qcow2') continue;
+    assert.deepEqual(infoJson(ours), infoJson(theirs), label);
+    assertClean(ours);
+    for (const bm of bitmapsOf(theirs)) assert.equal(dirtyMap(ours, bm.name), dirtyMap(theirs, bm.name), `${label}: ${bm.name}`);
+  }
+});

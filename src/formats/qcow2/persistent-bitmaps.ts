@@ -50,6 +50,10 @@ export class PersistentBitmaps implements PersistentBitmapSet {
 
   readonly defaultGranularity: number;
 
+  get supported(): boolean {
+    return this.version === 3;
+  }
+
   static async load(
     storage: Storage,
     ext: BitmapsExtension | undefined,
@@ -151,7 +155,10 @@ export class PersistentBitmaps implements PersistentBitmapSet {
     };
     const data = new DirtyBitmap(this.size, granularityBits);
     data.changed = true;
-    this.bitmaps.push({ entry, data, oldClusters: [] });
+    // qemu keeps a node's bitmaps newest first and stores the ones not yet on
+    // disk in that order after those that are: so new ones go before other new ones.
+    const firstNew = this.bitmaps.findIndex((b) => b.entry.tableOffset === 0);
+    this.bitmaps.splice(firstNew === -1 ? this.bitmaps.length : firstNew, 0, { entry, data, oldClusters: [] });
     this.listChanged = true;
   }
 
