@@ -10,7 +10,7 @@ import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { bitmapInfo, readBitmapDirectory, serializeBitmapDirectory, type BitmapEntry } from './bitmap.js';
 import * as C from './constants.js';
-import { DirtyBitmap, loadBitmapData, readBitmapTable, tableEntries } from './dirty-bitmap.js';
+import { DirtyBitmap, loadBitmapData, readBitmapTable, serializedBytes, tableEntries } from './dirty-bitmap.js';
 import type { BitmapsExtension } from './header.js';
 import type { RefcountStore } from './refcounts.js';
 
@@ -30,6 +30,8 @@ export interface BitmapSink {
 }
 
 const BME_MAX_TABLE_SIZE = 0x8000000;
+/** Bitmaps are held whole in memory: a hostile directory must not make a writable open take more. */
+const MAX_BITMAP_MEMORY = 1024 * 1024 * 1024;
 
 export class PersistentBitmaps implements PersistentBitmapSet {
   private directory: { offset: number; size: number } | undefined;
@@ -63,11 +65,23 @@ export class PersistentBitmaps implements PersistentBitmapSet {
   ): Promise<PersistentBitmaps> {
     const entries = ext ? await readBitmapDirectory(storage, ext, clusterSize, size) : [];
     const list: LoadedBitmap[] = [];
+    let memory = 0;
     for (const entry of entries) {
-      const table = await readBitmapTable(storage, entry.tableOffset, entry.tableSize);
+      const inUse = (entry.flags & C.BME_FLAG_IN_USE) !== 0;
+      let table: number[];
+      try {
+        table = await readBitmapTable(storage, entry.tableOffset, entry.tableSize);
+      } catch (e) {
+        // The data of an in-use bitmap is never used: only its clusters are, to free them.
+        if (!inUse) throw new ImageError('corrupt', `Could not read bitmap '${entry.name}' from image: Invalid argument`, { cause: e });
+        table = [];
+      }
       const oldClusters = [{ offset: entry.tableOffset, length: entry.tableSize * 8 }];
       for (const host of table) if (host > 0) oldClusters.push({ offset: host, length: clusterSize });
-      const inUse = (entry.flags & C.BME_FLAG_IN_USE) !== 0;
+      if (!inUse) {
+        memory += serializedBytes(size, entry.granularityBits);
+        if (memory > MAX_BITMAP_MEMORY) throw new ImageError('io', 'Could not load bitmaps: Cannot allocate memory', { errno: 'ENOMEM' });
+      }
       const data = inUse ? undefined : await loadBitmapData(storage, table, size, entry.granularityBits, clusterSize);
       list.push({ entry, data, oldClusters });
     }
