@@ -527,6 +527,9 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     if (refcountStore && header.cryptMethod === C.CRYPT_NONE) {
       const stored = header.version === 3 && !ext.bitmapsInconsistent ? ext.bitmaps : undefined;
       bitmaps = await PersistentBitmaps.load(storage, stored, header.clusterSize, virtualSize, header.version);
+    } else if (header.version === 3 && !ext.bitmapsInconsistent && ext.bitmaps) {
+      // Read-only opens fail on a directory QEMU would not load either.
+      await readBitmapDirectory(storage, ext.bitmaps, header.clusterSize, virtualSize);
     }
     return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore, bitmaps });
   } catch (e) {
