@@ -124,3 +124,18 @@ export {
   type SnapshotOps,
   type InternalSnapshotRef,
 } from './block/snapshot.js';
+
+// Persistent dirty bitmaps
+export {
+  listBitmaps,
+  addBitmap,
+  removeBitmap,
+  clearBitmap,
+  enableBitmap,
+  disableBitmap,
+  mergeBitmap,
+  supportsPersistentBitmaps,
+  type DirtyBitmapInfo,
+  type AddBitmapOptions,
+  type MergeBitmapOptions,
+} from './ops/bitmaps.js';

@@ -5,6 +5,7 @@
  * generic layer (image.ts) does the reading, zero-filling, backing
  * recursion and merging, once for every format.
  */
+import type { PersistentBitmapSet } from './bitmaps.js';
 import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
 import type { DriverInfo } from './info.js';
@@ -82,6 +83,12 @@ export interface FormatDriver {
   resize?(newSize: number, req: ResizeRequest): Promise<void>;
   /** Called once the backing chain is open (null when there is none). */
   attachBacking?(backing: BackingReader | null): void;
+  /**
+   * The persistent dirty bitmaps, for formats that store them. `forChange`:
+   * the caller will change them (the image must be writable; they are
+   * flagged in-use on disk first, and stored at close).
+   */
+  persistentBitmaps?(forChange: boolean): Promise<PersistentBitmapSet>;
 }
 
 /** What a driver sees of its backing file: enough to copy on write. */

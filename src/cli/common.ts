@@ -40,6 +40,8 @@ export interface OpenCliOptions {
   metadataOnly?: boolean;
   /** -U: ignore other processes' image locks and take none that would stop them. */
   forceShare?: boolean;
+  /** Open for writing. */
+  writable?: boolean;
   /** Exit code for open failures (compare uses 2). */
   exitCode?: number;
 }
@@ -53,7 +55,7 @@ export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<
     if (format === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${opts.format}'`, code);
   }
   try {
-    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare });
+    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare, writable: opts.writable });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
   }

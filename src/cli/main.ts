@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { onLockWarning } from '../node.js';
 import { CliError, err, out, PROG } from './common.js';
 import { cmdBench } from './img/bench.js';
+import { cmdBitmap } from './img/bitmap.js';
 import { cmdCheck } from './img/check.js';
 import { cmdCompare } from './img/compare.js';
 import { cmdConvert } from './img/convert.js';
@@ -26,6 +27,11 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   bench: {
     run: cmdBench,
     syntax: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename',
+  },
+  bitmap: {
+    run: cmdBitmap,
+    syntax:
+      'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap',
   },
   check: { run: cmdCheck, syntax: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename' },
   compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },

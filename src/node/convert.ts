@@ -19,6 +19,7 @@ import { FileStorage } from '../io/file.js';
 import type { Storage } from '../io/storage.js';
 import { convertImages, ConvertError, totalSize, type ConvertTarget } from '../ops/convert.js';
 import { imageTarget, storageTarget } from '../ops/convert-targets.js';
+import { checkSourceBitmaps, checkTargetBitmaps, copyBitmaps } from '../ops/convert-bitmaps.js';
 import { abortError, throwIfAborted, type OperationOptions } from '../ops/operation.js';
 import { rateLimited } from '../ops/ratelimit.js';
 import { writethroughTarget } from '../ops/writethrough.js';
@@ -69,6 +70,12 @@ export interface ConvertFileOptions extends OperationOptions {
   forceShare?: boolean;
   /** qemu-img's percentage progress (0..100), as -p prints it. */
   onPercent?: (percent: number) => void;
+  /** Copy the source's persistent dirty bitmaps to the (qcow2) output (--bitmaps). */
+  bitmaps?: boolean;
+  /** With bitmaps: skip inconsistent (in-use) bitmaps, warning about each, instead of failing. */
+  skipBrokenBitmaps?: boolean;
+  /** Warnings qemu-img prints with "warning:" (a skipped bitmap). */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -86,6 +93,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
   const bad = (msg: string) => new ImageError('bad-argument', msg);
   if (opts.targetIsZero && !noCreate) throw bad('--target-is-zero requires use of -n flag');
   if (noCreate && opts.options !== undefined) throw bad('-o has no effect when skipping image creation');
+  if (opts.skipBrokenBitmaps && !opts.bitmaps) throw bad('Use of --skip-broken-bitmaps requires --bitmaps');
   if (srcPaths.length === 0) throw bad('Must specify image file name');
   throwIfAborted(opts.signal);
 
@@ -96,6 +104,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
   try {
     if (typeof opts.sourceSnapshot === 'string' && srcPaths.length > 1) throw bad('No support for concatenating multiple snapshot');
     for (const [i, p] of srcPaths.entries()) images.push(await openSource(p, opts, i === 0 ? opts.sourceSnapshot : undefined));
+    if (opts.bitmaps) await checkSourceBitmaps(images, opts.skipBrokenBitmaps ?? false);
     const total = totalSize(images);
     const descriptor = findFormat(outFmt);
     if (!noCreate && !descriptor) throw bad(`Unknown file format '${outFmt}'`);
@@ -160,6 +169,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
       }
       target = storageTarget(storage);
     }
+    if (opts.bitmaps) await checkTargetBitmaps(image, fmt);
     if (flushesEachWrite(cacheMode)) target = writethroughTarget(target);
     if (opts.rateLimit !== undefined && opts.rateLimit > 0) target = rateLimited(target, opts.rateLimit);
     const parallel = opts.parallel ?? 8;
@@ -181,6 +191,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
       if (isImageError(e, 'aborted')) throw e;
       throw new ImageError(isImageError(e) ? e.code : 'io', e instanceof ConvertError ? e.message : `error while converting: ${messageOf(e)}`, { cause: e });
     }
+    if (opts.bitmaps && image) await copyBitmaps(images[0]!, image, opts.skipBrokenBitmaps ?? false, opts.onWarning ?? (() => {}));
     // Closed here rather than in `finally`, whose errors are dropped: closing
     // writes the last metadata (and syncs unless cache=unsafe), so a failure
     // now means the output is incomplete.

@@ -27,6 +27,8 @@ Copy one or more images (concatenated) into a new image.
   -C, --copy-range-offloading  try copy offloading (qimg always copies normally, as qemu
                            does where offloading is not possible)
   --salvage                read unreadable sectors as zeros, with a warning each
+  --bitmaps                copy the source's persistent dirty bitmaps (qcow2 to qcow2)
+  --skip-broken-bitmaps    with --bitmaps: skip inconsistent (in-use) bitmaps, with a warning
   -t, --target-cache=CACHE output cache mode (default unsafe: no flush; writethrough,
                            directsync: flush after every write; none, writeback: flush at the end)
   -T, --source-cache=CACHE source cache mode (the sources are only read)
@@ -85,6 +87,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
   let rateLimit = 0;
   let salvage = false;
   let skipBrokenBitmaps = false;
+  let bitmaps = false;
   let cache: string | undefined;
   let srcCache: string | undefined;
   let optText: string | undefined;
@@ -159,7 +162,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
       case 'object':
         throw new CliError('--object is not supported yet');
       case 'bitmaps':
-        throw new CliError('--bitmaps is not supported by convert yet');
+        bitmaps = true;
+        break;
       case 'skip-broken-bitmaps':
         skipBrokenBitmaps = true;
         break;
@@ -186,7 +190,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
   if (copyRange && salvage) throw new CliError('Cannot use copy offloading in salvaging mode');
   if (noCreate && optText !== undefined) throw new CliError('-o has no effect when skipping image creation');
   if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
-  if (skipBrokenBitmaps) throw new CliError('Use of --skip-broken-bitmaps requires --bitmaps');
+  if (skipBrokenBitmaps && !bitmaps) throw new CliError('Use of --skip-broken-bitmaps requires --bitmaps');
   if (quiet) progress = false;
   if (optText !== undefined && hasHelpOption(optText)) {
     if (!['raw', 'qcow2', 'qed'].includes(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
@@ -230,9 +234,12 @@ export async function cmdConvert(args: string[]): Promise<number> {
         // -U shares the sources only: the target is written, so it is always locked.
         forceShare: options.some((o) => o.key === 'U'),
         onPercent: (pct) => meter.print(pct, 0),
+        bitmaps,
+        skipBrokenBitmaps,
+        onWarning: (m) => err(`${PROG}: warning: ${m}\n`),
       });
     } catch (e) {
-      if (isImageError(e)) throw new CliError(e.message, 1, { cause: e });
+      if (isImageError(e)) throw new CliError(e.hint ? `${e.message}\n${e.hint}` : e.message, 1, { cause: e });
       throw e;
     }
     meter.print(100, 0);

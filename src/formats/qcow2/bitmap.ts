@@ -80,3 +80,27 @@ export function bitmapInfo(b: BitmapEntry): BitmapInfo {
   if (b.flags & C.BME_FLAG_AUTO) flags.push('auto');
   return { name: b.name, granularity: 2 ** b.granularityBits, flags };
 }
+
+/** The directory as the spec lays it out: each entry, its name, padding to 8 bytes. */
+export function serializeBitmapDirectory(entries: readonly BitmapEntry[]): Uint8Array {
+  const enc = new TextEncoder();
+  const names = entries.map((e) => enc.encode(e.name));
+  let size = 0;
+  for (const n of names) size += (C.BITMAP_DIR_ENTRY_SIZE + n.length + 7) & ~7;
+  const out = new Uint8Array(size);
+  const v = new DataView(out.buffer);
+  let p = 0;
+  entries.forEach((e, i) => {
+    const name = names[i]!;
+    v.setBigUint64(p, BigInt(e.tableOffset), false);
+    v.setUint32(p + 8, e.tableSize, false);
+    v.setUint32(p + 12, e.flags, false);
+    out[p + 16] = e.type;
+    out[p + 17] = e.granularityBits;
+    v.setUint16(p + 18, name.length, false);
+    v.setUint32(p + 20, 0, false);
+    out.set(name, p + C.BITMAP_DIR_ENTRY_SIZE);
+    p += (C.BITMAP_DIR_ENTRY_SIZE + name.length + 7) & ~7;
+  });
+  return out;
+}

@@ -3,6 +3,7 @@
  * guest ranges through L1/L2, compressed reads, and qemu-img info's
  * qcow2 fields.
  */
+import type { PersistentBitmapSet } from '../../block/bitmaps.js';
 import type { BackingReader, DriverContext, FormatDriver, Mapping, ResizeRequest } from '../../block/driver.js';
 import type { DriverInfo, FormatSpecific } from '../../block/info.js';
 import { ImageError, isImageError } from '../../errors.js';
@@ -24,6 +25,7 @@ import { checkQcow2Resize, growQcow2, shrinkQcow2, type ResizeParts } from './re
 import { SnapshotLoadError } from '../../block/snapshot.js';
 import { findSnapshot, findSnapshotByIdOrName } from './snapshot-table.js';
 import { needsSecret, refuseWithoutKey } from './encryption.js';
+import { PersistentBitmaps } from './persistent-bitmaps.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
 export interface Qcow2Parts {
@@ -39,6 +41,8 @@ export interface Qcow2Parts {
   ctx: DriverContext;
   /** Present when the image is open for writing. */
   refcountStore?: RefcountStore;
+  /** Persistent dirty bitmaps, kept when the image is open for writing. */
+  bitmaps?: PersistentBitmaps;
 }
 
 export class Qcow2Driver implements FormatDriver {
@@ -59,7 +63,9 @@ export class Qcow2Driver implements FormatDriver {
   private preallocation: Promise<boolean> | undefined;
   private backingReader: BackingReader | null = null;
   private readonly writer: Qcow2Writer | undefined;
-  private prepared = false;
+  private prepared: Promise<void> | undefined;
+  /** Persistent bitmaps this writable open maintains. */
+  readonly bitmaps: PersistentBitmaps | undefined;
 
   constructor(parts: Qcow2Parts) {
     const h = parts.header;
@@ -98,6 +104,7 @@ export class Qcow2Driver implements FormatDriver {
     });
     this.decompressor = new Decompressor(parts.storage, h.clusterBits, h.compressionType, parts.ctx.codecs);
     this.writable = parts.refcountStore !== undefined;
+    this.bitmaps = parts.bitmaps;
     if (parts.refcountStore && this.encrypted) throw needsSecret();
     if (parts.refcountStore) {
       const autoclear = Number(h.autoclearFeatures & 0xffffffffn);
@@ -186,18 +193,27 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   /**
-   * Before the first change: autoclear features qimg does not maintain
-   * (including bitmaps, which a write would make stale) are cleared, as the
-   * spec requires of a program that does not support them.
+   * Before the first change: autoclear features qimg does not maintain are
+   * cleared, as the spec requires of a program that does not support them;
+   * the bitmaps bit stays, and the bitmaps are flagged in-use on disk first.
    */
   private async prepareForWrite(): Promise<void> {
     // The key check comes first and is never cached: no write reaches an
     // encrypted image as plaintext, however often it is tried.
     if (this.encrypted) throw needsSecret();
-    if (this.prepared) return;
-    this.prepared = true;
+    this.prepared ??= this.clearUnknownAutoclear().catch((e: unknown) => {
+      this.prepared = undefined;
+      throw e;
+    });
+    await this.prepared;
+    // Again after a store (bitmap operations store at once); a no-op otherwise.
+    if (this.bitmaps) await this.bitmaps.markInUse(this.storage);
+  }
+
+  private async clearUnknownAutoclear(): Promise<void> {
     const h = this.header;
-    const keep = BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
+    let keep = BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
+    if (this.bitmaps) keep |= BigInt(C.AUTOCLEAR_BITMAPS);
     if ((h.autoclearFeatures & ~keep) !== 0n) {
       h.autoclearFeatures &= keep;
       if (h.version === 3) {
@@ -205,6 +221,40 @@ export class Qcow2Driver implements FormatDriver {
         await this.storage.flush();
       }
     }
+  }
+
+  /** Store the bitmaps now (close does it too): after this they are consistent on disk. */
+  async storeBitmaps(): Promise<void> {
+    if (!this.bitmaps || !this.parts.refcountStore) return;
+    await this.writer?.flush();
+    const h = this.header;
+    await this.bitmaps.store({
+      storage: this.storage,
+      refcounts: this.parts.refcountStore,
+      writeExtension: async (ext) => {
+        h.extensions.bitmaps = ext;
+        if (ext) h.autoclearFeatures |= BigInt(C.AUTOCLEAR_BITMAPS);
+        else h.autoclearFeatures &= ~BigInt(C.AUTOCLEAR_BITMAPS);
+        await this.storage.write(serializeHeader(h), 0);
+        await this.storage.flush();
+      },
+    });
+  }
+
+  private readOnlyBitmaps: Promise<PersistentBitmaps> | undefined;
+
+  /** The bitmaps; for a change, prepared as for a guest write (flagged in-use on disk). */
+  async persistentBitmaps(forChange: boolean): Promise<PersistentBitmapSet> {
+    if (forChange) {
+      this.writerOrThrow();
+      await this.prepareForWrite();
+    }
+    if (this.bitmaps) return this.bitmaps;
+    if (forChange) throw new ImageError('unsupported', 'Cannot store dirty bitmaps in qcow2 v2 files');
+    const h = this.header;
+    const ext = h.version === 3 && !h.extensions.bitmapsInconsistent ? h.extensions.bitmaps : undefined;
+    this.readOnlyBitmaps ??= PersistentBitmaps.load(this.storage, ext, this.clusterSize, this.size, h.version);
+    return this.readOnlyBitmaps;
   }
 
   private writerOrThrow(): Qcow2Writer {
@@ -215,12 +265,14 @@ export class Qcow2Driver implements FormatDriver {
   async write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
+    this.bitmaps?.markDirty(offset, data.length);
     return this.markCorruptOnError(() => (opts?.compressed ? w.writeCompressed(offset, data) : w.write(offset, data)));
   }
 
   async writeZeroes(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
+    this.bitmaps?.markDirty(offset, length);
     return this.markCorruptOnError(() => w.writeZeroes(offset, length, opts.mayUnmap));
   }
 
@@ -277,6 +329,7 @@ export class Qcow2Driver implements FormatDriver {
   async discard(offset: number, length: number): Promise<void> {
     const w = this.writerOrThrow();
     await this.prepareForWrite();
+    this.bitmaps?.markDirty(offset, length);
     return this.markCorruptOnError(() => w.discard(offset, length));
   }
 
@@ -409,6 +462,8 @@ export class Qcow2Driver implements FormatDriver {
         if (!isImageError(e, 'io')) throw e;
         throw new ImageError('io', `Failed to flush the L2 table cache: ${e.message}`, { cause: e, errno: e.errno });
       }
+      // Only after the tables are durable; if that failed, the bitmaps stay flagged in-use.
+      await this.storeBitmaps();
       if (this.parts.ownsDataStorage) await this.parts.dataStorage?.close();
     } finally {
       await this.storage.close();
@@ -498,7 +553,17 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     if (ctx.writable) {
       refcountStore = await loadRefcountStore(storage, header);
     }
-    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore });
+    // QEMU loads the bitmaps of a v3 image on a writable open (unless a program without
+    // bitmap support cleared the autoclear bit): their errors refuse the open.
+    let bitmaps: PersistentBitmaps | undefined;
+    if (refcountStore && header.cryptMethod === C.CRYPT_NONE) {
+      const stored = header.version === 3 && !ext.bitmapsInconsistent ? ext.bitmaps : undefined;
+      bitmaps = await PersistentBitmaps.load(storage, stored, header.clusterSize, virtualSize, header.version);
+    } else if (header.version === 3 && !ext.bitmapsInconsistent && ext.bitmaps) {
+      // Read-only opens fail on a directory QEMU would not load either.
+      await readBitmapDirectory(storage, ext.bitmaps, header.clusterSize, virtualSize);
+    }
+    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore, bitmaps });
   } catch (e) {
     if (ownsDataStorage) await dataStorage?.close().catch(() => {});
     throw e;
