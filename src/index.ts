@@ -101,3 +101,5 @@ export {
   type ImageWriteOptions,
 } from './ops/streams.js';
 export { parseSize } from './units.js';
+// rebase, dd, commit: whole-image operations
+export { rebaseImage, type RebaseOptions } from './ops/rebase.js';

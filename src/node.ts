@@ -14,3 +14,5 @@ export { nodeCodecs } from './io/codecs.js';
 export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
+// rebase, dd, commit: file-level operations
+export { rebaseImageFile, type RebaseFileOptions } from './node/rebase.js';

@@ -68,6 +68,13 @@ export interface FormatDriver {
   discard?(offset: number, length: number): Promise<void>;
   /** Called once the backing chain is open (null when there is none). */
   attachBacking?(backing: BackingReader | null): void;
+  /**
+   * Record a new backing file name and format in the image's metadata
+   * (qemu's bdrv_change_backing_file); `name` undefined removes the backing
+   * file. Only the header changes: the guest data is the caller's business.
+   * Absent: the format cannot name a backing file ("Operation not supported").
+   */
+  setBacking?(name: string | undefined, format: string | undefined): Promise<void>;
 }
 
 /** What a driver sees of its backing file: enough to copy on write. */

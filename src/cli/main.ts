@@ -14,6 +14,7 @@ import { cmdCreate } from './img/create.js';
 import { cmdMeasure } from './img/measure.js';
 import { cmdInfo } from './img/info.js';
 import { cmdMap } from './img/map.js';
+import { cmdRebase } from './img/rebase.js';
 import { cmdIo } from './io/io.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
@@ -35,6 +36,10 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
   measure: { run: cmdMeasure, syntax: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
   map: { run: cmdMap, syntax: 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename' },
+  rebase: {
+    run: cmdRebase,
+    syntax: 'rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
+  },
   io: { run: cmdIo, syntax: "io [-f fmt] [-r] [-U] [-c 'command']... filename" },
 };
 

@@ -42,7 +42,7 @@ export class Qcow2Driver implements FormatDriver {
   readonly size: number;
   readonly storage: Storage;
   readonly writable: boolean;
-  readonly backing?: { name: string; format?: string };
+  backing?: { name: string; format?: string };
   readonly header: Qcow2Header;
   readonly snapshots: readonly Snapshot[];
 
@@ -169,6 +169,36 @@ export class Qcow2Driver implements FormatDriver {
       pos += m.length;
     }
     into.fill(0, Math.max(0, end - offset));
+  }
+
+  /**
+   * qemu's qcow2_change_backing_file: the name and the backing format
+   * extension change and the whole first cluster is rewritten (the name
+   * after the extensions), once everything written before is on disk.
+   */
+  async setBacking(name: string | undefined, format: string | undefined): Promise<void> {
+    this.writerOrThrow();
+    const h = this.header;
+    if (name !== undefined && new TextEncoder().encode(name).length > C.MAX_BACKING_FILE_NAME) throw new ImageError('bad-argument', 'Invalid argument');
+    // An image whose data file is the guest disk (data_file_raw) has no backing file.
+    if (name !== undefined && Number(h.autoclearFeatures) & C.AUTOCLEAR_DATA_FILE_RAW) throw new ImageError('bad-argument', 'Invalid argument');
+    const before = { backingFile: h.backingFile, backingFormat: h.extensions.backingFormat };
+    h.backingFile = name;
+    h.extensions.backingFormat = name === undefined ? undefined : format;
+    let cluster: Uint8Array;
+    try {
+      cluster = serializeHeader(h);
+    } catch (e) {
+      h.backingFile = before.backingFile;
+      h.extensions.backingFormat = before.backingFormat;
+      throw isImageError(e, 'unsupported') ? new ImageError('unsupported', 'No space left in the file header', { errno: 'ENOSPC' }) : e;
+    }
+    await this.flush();
+    await this.storage.write(cluster, 0);
+    await this.storage.flush();
+    h.backingFileSize = name === undefined ? 0 : new DataView(cluster.buffer).getUint32(16, false);
+    h.backingFileOffset = name === undefined ? 0 : Number(new DataView(cluster.buffer).getBigUint64(8, false));
+    this.backing = name === undefined ? undefined : format !== undefined ? { name, format } : { name };
   }
 
   /** Set or clear incompatible feature bits: 8 bytes of the header, synced. */
