@@ -103,3 +103,5 @@ export {
 export { parseSize } from './units.js';
 // rebase, dd, commit: whole-image operations
 export { rebaseImage, type RebaseOptions } from './ops/rebase.js';
+export { ddImage, planDd, type DdOptions, type DdPlan } from './ops/dd.js';
+export { commitImage, type CommitOptions } from './ops/commit.js';

@@ -16,3 +16,5 @@ export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
 // rebase, dd, commit: file-level operations
 export { rebaseImageFile, type RebaseFileOptions } from './node/rebase.js';
+export { ddImageFile, type DdFileOptions } from './node/dd.js';
+export { commitImageFile, type CommitFileOptions } from './node/commit.js';

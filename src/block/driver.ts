@@ -75,6 +75,13 @@ export interface FormatDriver {
    * Absent: the format cannot name a backing file ("Operation not supported").
    */
   setBacking?(name: string | undefined, format: string | undefined): Promise<void>;
+  /**
+   * Drop everything this layer allocates, so the backing file shows through
+   * everywhere (qemu's bdrv_make_empty, after a commit). The image takes no
+   * further writes until reopened. Absent: the format cannot (qemu then
+   * leaves the image as it is).
+   */
+  makeEmpty?(): Promise<void>;
 }
 
 /** What a driver sees of its backing file: enough to copy on write. */

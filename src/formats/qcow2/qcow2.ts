@@ -19,6 +19,7 @@ import { RefcountReader } from './refcount.js';
 import { RefcountStore } from './refcounts.js';
 import { readSnapshots, snapshotInfo, type Snapshot } from './snapshot.js';
 import { Qcow2Writer } from './writer.js';
+import { canResetCompletely, resetCompletely } from './make-empty.js';
 import { needsSecret, refuseWithoutKey } from './encryption.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
@@ -201,6 +202,28 @@ export class Qcow2Driver implements FormatDriver {
     this.backing = name === undefined ? undefined : format !== undefined ? { name, format } : { name };
   }
 
+  /** The image was reset by makeEmpty: its in-memory tables are stale, so it takes no more writes. */
+  private emptied = false;
+
+  /**
+   * qemu's qcow2_make_empty (after a commit): every cluster of the active
+   * layer goes, so the backing file shows through everywhere. A v3 image
+   * without snapshots, bitmaps or data file is reset in place and its file
+   * cut short; any other image has every cluster discarded.
+   */
+  async makeEmpty(): Promise<void> {
+    const w = this.writerOrThrow();
+    await this.prepareForWrite();
+    await w.flush();
+    if (canResetCompletely(this.header, this.snapshots.length)) {
+      this.emptied = true;
+      await resetCompletely(this.storage, this.header, (on) => this.setIncompatible(C.INCOMPAT_DIRTY, on));
+      return;
+    }
+    await this.markCorruptOnError(() => w.discard(0, this.size, true));
+    await w.flush();
+  }
+
   /** Set or clear incompatible feature bits: 8 bytes of the header, synced. */
   private async setIncompatible(bits: number, on: boolean): Promise<void> {
     const h = this.header;
@@ -235,6 +258,7 @@ export class Qcow2Driver implements FormatDriver {
 
   private writerOrThrow(): Qcow2Writer {
     if (!this.writer) throw new ImageError('read-only', 'Image is read-only');
+    if (this.emptied) throw new ImageError('bad-argument', 'The image was emptied; reopen it to write');
     return this.writer;
   }
 
@@ -394,13 +418,14 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   async flush(): Promise<void> {
+    if (this.emptied) return this.storage.flush();
     await this.writer?.flush();
   }
 
   async close(): Promise<void> {
     try {
       try {
-        await this.writer?.close();
+        if (!this.emptied) await this.writer?.close();
       } catch (e) {
         // qemu's words when closing cannot write the cached metadata back
         // (its L2 cache flush writes the refcounts first, so it names that cache).
