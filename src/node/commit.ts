@@ -80,6 +80,8 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
   try {
     base = await openImageFile(target.path, { format: target.format, writable: true, backing: false, unsafe });
   } catch (e) {
+    // qemu finds a base in use when the commit job asks for write permission: the lock message alone.
+    if (isImageError(e, 'locked')) throw e;
     throw couldNotOpen(target.path, e);
   }
   let top: Image | undefined;

@@ -10,7 +10,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { qemuImg, requireTools } from '../helpers/tools.js';
+import { lockingAvailable } from '../../src/io/locks.js';
+import { asQemu, qemuImg, qimg, requireTools } from '../helpers/tools.js';
 import { assertSameImage, assertSameOutput, twinRun } from '../helpers/side-by-side.js';
 
 const CHAIN = `
@@ -97,3 +98,30 @@ for (const args of failures) {
     for (const f of ['top.qcow2', 'mid.qcow2', 'base.qcow2']) assertSameImage(twins, f, { map: true });
   });
 }
+
+test('commit into a base another process has open fails with qemu-img lock message', async (t) => {
+  if (!requireTools(t)) return;
+  if (!lockingAvailable()) {
+    if (process.env.CI) throw new Error('the ofdlock addon is required when CI is set (npm install builds it)');
+    t.skip('ofdlock addon not built (npm install builds it)');
+    return;
+  }
+  const { spawn } = await import('node:child_process');
+  const twins = twinRun(CHAIN, ['info', 'top.qcow2']);
+  const results = [];
+  for (const [dir, run] of [[twins.qemu, qemuImg], [twins.ours, qimg]] as const) {
+    // qemu-io holds mid.qcow2 read-only (refusing to share write) while it waits on stdin.
+    const holder = spawn('qemu-io', ['-r', 'mid.qcow2'], { cwd: dir, stdio: ['pipe', 'ignore', 'ignore'] });
+    await new Promise((r) => setTimeout(r, 500));
+    results.push(run(['commit', 'top.qcow2'], { cwd: dir }));
+    holder.stdin.end();
+    await new Promise((r) => holder.on('exit', r));
+  }
+  const [q, ours] = results;
+  assert.equal(q!.status, 1);
+  assert.match(q!.stderr, /Failed to get "write" lock/);
+  assert.equal(asQemu(ours!.stderr), q!.stderr);
+  assert.equal(ours!.status, q!.status);
+  // Nothing was written: the top keeps its data.
+  assertSameImage(twins, 'top.qcow2', { map: true });
+});
