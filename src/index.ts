@@ -139,3 +139,7 @@ export {
   type AddBitmapOptions,
   type MergeBitmapOptions,
 } from './ops/bitmaps.js';
+// rebase, dd, commit: whole-image operations
+export { rebaseImage, type RebaseOptions } from './ops/rebase.js';
+export { ddImage, planDd, type DdOptions, type DdPlan } from './ops/dd.js';
+export { commitImage, type CommitOptions } from './ops/commit.js';

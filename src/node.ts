@@ -20,3 +20,7 @@ export { convertToStream } from './node/convert-stream.js';
 export { resizeImageFile, type ResizeFileOptions } from './node/resize.js';
 // Internal snapshots (qemu-img snapshot)
 export { listSnapshotsFile, createSnapshotFile, deleteSnapshotFile, applySnapshotFile, type SnapshotFileOptions, type ListSnapshotsFileOptions } from './node/snapshot.js';
+// rebase, dd, commit: file-level operations
+export { rebaseImageFile, type RebaseFileOptions } from './node/rebase.js';
+export { ddImageFile, type DdFileOptions } from './node/dd.js';
+export { commitImageFile, type CommitFileOptions } from './node/commit.js';

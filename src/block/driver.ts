@@ -89,6 +89,20 @@ export interface FormatDriver {
    * flagged in-use on disk first, and stored at close).
    */
   persistentBitmaps?(forChange: boolean): Promise<PersistentBitmapSet>;
+  /**
+   * Record a new backing file name and format in the image's metadata
+   * (qemu's bdrv_change_backing_file); `name` undefined removes the backing
+   * file. Only the header changes: the guest data is the caller's business.
+   * Absent: the format cannot name a backing file ("Operation not supported").
+   */
+  setBacking?(name: string | undefined, format: string | undefined): Promise<void>;
+  /**
+   * Drop everything this layer allocates, so the backing file shows through
+   * everywhere (qemu's bdrv_make_empty, after a commit). The image takes no
+   * further writes until reopened. Absent: the format cannot (qemu then
+   * leaves the image as it is).
+   */
+  makeEmpty?(): Promise<void>;
 }
 
 /** What a driver sees of its backing file: enough to copy on write. */

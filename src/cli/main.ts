@@ -9,14 +9,17 @@ import { CliError, err, out, PROG } from './common.js';
 import { cmdBench } from './img/bench.js';
 import { cmdBitmap } from './img/bitmap.js';
 import { cmdCheck } from './img/check.js';
+import { cmdCommit } from './img/commit.js';
 import { cmdCompare } from './img/compare.js';
 import { cmdConvert } from './img/convert.js';
 import { cmdCreate } from './img/create.js';
+import { cmdDd } from './img/dd.js';
 import { cmdMeasure } from './img/measure.js';
 import { cmdInfo } from './img/info.js';
 import { cmdMap } from './img/map.js';
 import { cmdResize } from './img/resize.js';
 import { cmdSnapshot } from './img/snapshot.js';
+import { cmdRebase } from './img/rebase.js';
 import { cmdIo } from './io/io.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
@@ -34,12 +37,20 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
       'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap',
   },
   check: { run: cmdCheck, syntax: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename' },
+  commit: {
+    run: cmdCommit,
+    syntax: 'commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename',
+  },
   compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
   convert: {
     run: cmdConvert,
     syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
   },
   create: { run: cmdCreate, syntax: 'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
+  dd: {
+    run: cmdDd,
+    syntax: 'dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output',
+  },
   info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
   measure: { run: cmdMeasure, syntax: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
   map: { run: cmdMap, syntax: 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename' },
@@ -50,6 +61,10 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
   snapshot: {
     run: cmdSnapshot,
     syntax: 'snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename',
+  },
+  rebase: {
+    run: cmdRebase,
+    syntax: 'rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
   },
   io: { run: cmdIo, syntax: "io [-f fmt] [-r] [-U] [-c 'command']... filename" },
 };

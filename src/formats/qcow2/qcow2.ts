@@ -24,6 +24,7 @@ import { Qcow2Writer } from './writer.js';
 import { checkQcow2Resize, growQcow2, shrinkQcow2, type ResizeParts } from './resize.js';
 import { SnapshotLoadError } from '../../block/snapshot.js';
 import { findSnapshot, findSnapshotByIdOrName } from './snapshot-table.js';
+import { canResetCompletely, resetCompletely } from './make-empty.js';
 import { needsSecret, refuseWithoutKey } from './encryption.js';
 import { PersistentBitmaps } from './persistent-bitmaps.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
@@ -50,7 +51,7 @@ export class Qcow2Driver implements FormatDriver {
   size: number;
   readonly storage: Storage;
   readonly writable: boolean;
-  readonly backing?: { name: string; format?: string };
+  backing?: { name: string; format?: string };
   readonly header: Qcow2Header;
   readonly snapshots: readonly Snapshot[];
 
@@ -182,6 +183,58 @@ export class Qcow2Driver implements FormatDriver {
     into.fill(0, Math.max(0, end - offset));
   }
 
+  /**
+   * qemu's qcow2_change_backing_file: the name and the backing format
+   * extension change and the whole first cluster is rewritten (the name
+   * after the extensions), once everything written before is on disk.
+   */
+  async setBacking(name: string | undefined, format: string | undefined): Promise<void> {
+    this.writerOrThrow();
+    const h = this.header;
+    if (name !== undefined && new TextEncoder().encode(name).length > C.MAX_BACKING_FILE_NAME) throw new ImageError('bad-argument', 'Invalid argument');
+    // An image whose data file is the guest disk (data_file_raw) has no backing file.
+    if (name !== undefined && Number(h.autoclearFeatures) & C.AUTOCLEAR_DATA_FILE_RAW) throw new ImageError('bad-argument', 'Invalid argument');
+    const before = { backingFile: h.backingFile, backingFormat: h.extensions.backingFormat };
+    h.backingFile = name;
+    h.extensions.backingFormat = name === undefined ? undefined : format;
+    let cluster: Uint8Array;
+    try {
+      cluster = serializeHeader(h);
+    } catch (e) {
+      h.backingFile = before.backingFile;
+      h.extensions.backingFormat = before.backingFormat;
+      throw isImageError(e, 'unsupported') ? new ImageError('unsupported', 'No space left in the file header', { errno: 'ENOSPC' }) : e;
+    }
+    await this.flush();
+    await this.storage.write(cluster, 0);
+    await this.storage.flush();
+    h.backingFileSize = name === undefined ? 0 : new DataView(cluster.buffer).getUint32(16, false);
+    h.backingFileOffset = name === undefined ? 0 : Number(new DataView(cluster.buffer).getBigUint64(8, false));
+    this.backing = name === undefined ? undefined : format !== undefined ? { name, format } : { name };
+  }
+
+  /** The image was reset by makeEmpty: its in-memory tables are stale, so it takes no more writes. */
+  private emptied = false;
+
+  /**
+   * qemu's qcow2_make_empty (after a commit): every cluster of the active
+   * layer goes, so the backing file shows through everywhere. A v3 image
+   * without snapshots, bitmaps or data file is reset in place and its file
+   * cut short; any other image has every cluster discarded.
+   */
+  async makeEmpty(): Promise<void> {
+    const w = this.writerOrThrow();
+    await this.prepareForWrite();
+    await w.flush();
+    if (canResetCompletely(this.header, this.snapshots.length)) {
+      this.emptied = true;
+      await resetCompletely(this.storage, this.header, (on) => this.setIncompatible(C.INCOMPAT_DIRTY, on));
+      return;
+    }
+    await this.markCorruptOnError(() => w.discard(0, this.size, true));
+    await w.flush();
+  }
+
   /** Set or clear incompatible feature bits: 8 bytes of the header, synced. */
   private async setIncompatible(bits: number, on: boolean): Promise<void> {
     const h = this.header;
@@ -259,6 +312,7 @@ export class Qcow2Driver implements FormatDriver {
 
   private writerOrThrow(): Qcow2Writer {
     if (!this.writer) throw new ImageError('read-only', 'Image is read-only');
+    if (this.emptied) throw new ImageError('bad-argument', 'The image was emptied; reopen it to write');
     return this.writer;
   }
 
@@ -449,13 +503,14 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   async flush(): Promise<void> {
+    if (this.emptied) return this.storage.flush();
     await this.writer?.flush();
   }
 
   async close(): Promise<void> {
     try {
       try {
-        await this.writer?.close();
+        if (!this.emptied) await this.writer?.close();
       } catch (e) {
         // qemu's words when closing cannot write the cached metadata back
         // (its L2 cache flush writes the refcounts first, so it names that cache).

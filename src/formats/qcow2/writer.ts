@@ -135,6 +135,12 @@ export class Qcow2Writer {
     }
     if (needNew.length > 0) {
       await this.markDirtyForLazyRefcounts();
+      // The L2 tables first, then the data clusters: qemu's order, so images
+      // written the same way get the same layout (qemu-img map offsets).
+      if (!this.cfg.hasDataFile) {
+        const span = this.cfg.mapper.tableSpan;
+        for (let i = Math.floor(needNew[0]!.guest / span); i <= Math.floor(needNew[needNew.length - 1]!.guest / span); i++) await this.ownTable(i);
+      }
       // One contiguous allocation per run of guest-adjacent clusters, so the data goes out in one I/O.
       for (let i = 0; i < needNew.length; ) {
         let j = i;
@@ -420,13 +426,13 @@ export class Qcow2Writer {
    * of an unaligned image). On v3, or with a backing file, the cluster then
    * reads as zero; otherwise it becomes unallocated.
    */
-  async discard(offset: number, length: number): Promise<void> {
+  async discard(offset: number, length: number, full = false): Promise<void> {
     const cs = this.clusterSize;
     const end = offset + length;
     const start = alignUp(offset, cs);
     const stop = end === this.cfg.size ? end : alignDown(end, cs);
     if (stop <= start) return;
-    if (this.cfg.version < 3 && this.cfg.hasBacking()) return; // qemu: not supported, ignored
+    if (!full && this.cfg.version < 3 && this.cfg.hasBacking()) return; // qemu: not supported, ignored
     await this.ranges.run(start, alignUp(stop, cs), () =>
       this.meta.run(async () => {
         for (let g = start; g < stop; g += cs) {
@@ -434,7 +440,13 @@ export class Qcow2Writer {
           const type = clusterType(old.hi, old.lo, this.cfg.extL2, this.cfg.hasDataFile);
           const allocated = type === Cluster.NORMAL || type === Cluster.ZERO_ALLOC || type === Cluster.COMPRESSED;
           const e: Entry = { ...old };
-          if (this.cfg.hasBacking() || allocated) {
+          if (full) {
+            // qemu's full discard (emptying an image): the cluster is unallocated, the backing file shows through.
+            e.hi = 0;
+            e.lo = 0;
+            e.zeroBits = 0;
+            e.allocBits = 0;
+          } else if (this.cfg.hasBacking() || allocated) {
             if (this.cfg.extL2) {
               e.hi = 0;
               e.lo = 0;
@@ -583,7 +595,19 @@ export class Qcow2Writer {
   /** Store an entry, allocating (or copying, if shared) its L2 table first. */
   private async setEntry(guest: number, e: Entry): Promise<void> {
     const { mapper } = this.cfg;
-    const i = Math.floor(guest / mapper.tableSpan);
+    const t = await this.ownTable(Math.floor(guest / mapper.tableSpan));
+    const p = Math.floor((guest % mapper.tableSpan) / this.clusterSize) * this.entrySize;
+    t.setUint32(p, e.hi, false);
+    t.setUint32(p + 4, e.lo, false);
+    if (this.cfg.extL2) {
+      t.setUint32(p + 8, e.zeroBits, false);
+      t.setUint32(p + 12, e.allocBits, false);
+    }
+  }
+
+  /** L2 table `i`, this image's own: allocated (or copied, if shared with a snapshot) when it is not. */
+  private async ownTable(i: number): Promise<DataView> {
+    const { mapper } = this.cfg;
     const l1 = mapper.l1Entry(i);
     let t = await mapper.tableForWrite(i);
     if (!t || !(l1.hi & C.OFLAG_COPIED_HI)) {
@@ -609,13 +633,7 @@ export class Qcow2Writer {
       if (oldTable !== 0) this.cfg.refcounts.queueFree(oldTable, this.clusterSize);
       t = view;
     }
-    const p = Math.floor((guest % mapper.tableSpan) / this.clusterSize) * this.entrySize;
-    t.setUint32(p, e.hi, false);
-    t.setUint32(p + 4, e.lo, false);
-    if (this.cfg.extL2) {
-      t.setUint32(p + 8, e.zeroBits, false);
-      t.setUint32(p + 12, e.allocBits, false);
-    }
+    return t;
   }
 
   private async markDirtyForLazyRefcounts(): Promise<void> {

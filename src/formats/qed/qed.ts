@@ -24,7 +24,7 @@ import { ImageError, corrupt } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { alignDown, alignUp, writeU64 } from '../../units.js';
 import { checkQedImage, type QedCheckReport } from './check.js';
-import { ENTRY_BYTES, ENTRY_ZERO, F_NEED_CHECK, HEADER_BYTES } from './constants.js';
+import { ENTRY_BYTES, ENTRY_ZERO, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_BYTES } from './constants.js';
 import { maxImageSize, needsCheck, parseHeader, readBacking, serializeHeader, type QedHeader } from './header.js';
 import { QedMapper } from './mapping.js';
 import { isUnallocated, isValidTableOffset, type QedGeometry } from './table.js';
@@ -41,7 +41,7 @@ export class QedDriver implements FormatDriver {
   size: number;
   readonly storage: Storage;
   readonly writable: boolean;
-  readonly backing?: BackingRef;
+  backing?: BackingRef;
   readonly header: QedHeader;
   readonly geometry: QedGeometry;
   private mapper: QedMapper;
@@ -120,6 +120,31 @@ export class QedDriver implements FormatDriver {
       if (report.corruptionsFixed > 0) this.mapper.clear();
       await this.markClean(report);
     }
+  }
+
+  /**
+   * qemu's bdrv_qed_change_backing_file: the name goes right after the
+   * fixed header, the backing-file bit says whether there is one, and only
+   * a raw backing file sets the no-probe bit (other formats are probed).
+   */
+  async setBacking(name: string | undefined, format: string | undefined): Promise<void> {
+    if (!this.writable) throw new ImageError('read-only', `Image '${this.storage.name}' is read-only`);
+    const bytes = name === undefined ? new Uint8Array(0) : new TextEncoder().encode(name);
+    if (HEADER_BYTES + bytes.length > this.geometry.headerBytes) throw new ImageError('unsupported', 'No space left in the file header', { errno: 'ENOSPC' });
+    await this.meta.run(async () => {
+      await this.storage.flush();
+      const h = this.header;
+      let features = h.features & ~(F_BACKING_FILE | F_BACKING_FORMAT_NO_PROBE);
+      if (name !== undefined) features |= F_BACKING_FILE | (format === 'raw' ? F_BACKING_FORMAT_NO_PROBE : 0n);
+      const next: QedHeader = { ...h, features, backingFilenameOffset: name === undefined ? 0 : HEADER_BYTES, backingFilenameSize: bytes.length };
+      const buf = new Uint8Array(HEADER_BYTES + bytes.length);
+      buf.set(serializeHeader(next), 0);
+      buf.set(bytes, HEADER_BYTES);
+      await this.storage.write(buf, 0);
+      await this.storage.flush();
+      Object.assign(h, next);
+    });
+    this.backing = name === undefined ? undefined : format === 'raw' ? { name, format: 'raw' } : { name };
   }
 
   /** QEMU's qed_check_mark_clean: only when nothing is left to repair. */
