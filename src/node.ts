@@ -15,3 +15,5 @@ export { FileStorage, type FileOpenOptions } from './io/file.js';
 export { onLockWarning, lockingAvailable } from './io/locks.js';
 export { imageNodeReadable, imageNodeWritable, type NodeStreamOptions } from './io/node-streams.js';
 export { convertToStream } from './node/convert-stream.js';
+// amend: options of an existing image changed in place (qemu-img amend)
+export { amendImageFile, amendOptionHelp, amendOptionsToBag, type AmendOptions, type AmendFileOptions, type AmendFileResult } from './node/amend.js';

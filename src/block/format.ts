@@ -61,6 +61,13 @@ export interface FormatDescriptor {
   writeStream?: StreamWriter;
   /** qemu-img measure for this target format. Absent: "does not support size measurement". */
   measure?(bag: OptionBag, source?: Image): Promise<MeasureResult>;
+  /**
+   * qemu-img amend: change options of the existing image in `storage`
+   * (opened writable). Absent: "does not support option amendment".
+   */
+  amend?(storage: Storage, bag: OptionBag): Promise<void>;
+  /** The options amend accepts, as `-o help` lists them: [name, type, description]. */
+  readonly amendOptions?: ReadonlyArray<readonly [string, string, string]>;
 }
 
 const formats = new Map<ImageFormat, FormatDescriptor>();
