@@ -14,7 +14,7 @@ Change options of an existing image (qcow2: compat, lazy_refcounts, ...).
   -o, --options=OPTIONS  the options to change (-o help lists them)
   -f, --format=FMT       image format; probed when absent
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
-  -p, --progress         show progress (accepted; amendments here are quick)
+  -p, --progress         accepted; no progress is printed yet
   -q, --quiet            print nothing on success
   --force                accepted for qemu compatibility
 `;

@@ -10,6 +10,7 @@ import type { Storage } from '../../io/storage.js';
 import { checkQcow2File } from './check.js';
 import * as C from './constants.js';
 import { FEATURE_NAMES } from './create.js';
+import { checkDowngrade, downgradeQcow2 } from './downgrade.js';
 import { readHeader, serializeHeader, type Qcow2Header } from './header.js';
 
 /** The options qemu lets amend change, in the order of its `-o help`. */
@@ -88,7 +89,7 @@ export function parseQcow2Amendments(bag: OptionBag): Qcow2Amendments {
  * qcow2_amend_options does. Changes qimg cannot make yet are refused before
  * anything is written.
  */
-export async function amendQcow2(storage: Storage, a: Qcow2Amendments): Promise<void> {
+export async function amendQcow2(storage: Storage, a: Qcow2Amendments, onProgress?: (done: number, total: number) => void): Promise<void> {
   let h = await readHeader(storage, { writable: true });
   if (h.incompatibleFeatures & BigInt(C.INCOMPAT_DIRTY)) {
     // A writable open of a dirty image repairs its refcounts first, as qemu's does.
@@ -110,26 +111,28 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments): Promise<
   }
   if (a.dataFile !== undefined && !hasDataFile) throw bad('data-file can only be set for images that use an external data file');
   if (a.dataFileRaw && !dataFileIsRaw) throw bad('data-file-raw cannot be set on existing images');
-  if (newVersion < 3 && refcountBits !== 16) {
+  if (newVersion < 3 && a.refcountBits !== undefined && refcountBits !== 16) {
     throw bad('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
   }
-  if (newVersion < 3 && lazy) {
+  if (newVersion < 3 && a.lazyRefcounts === true) {
     throw bad('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
   }
   if (refcountBits !== 1 << h.refcountOrder) throw unsupported('Changing the refcount width is not supported by qimg yet');
   if (a.size !== undefined && a.size !== h.size) throw unsupported('Resizing with amend is not supported by qimg yet; use qimg resize');
-  if (newVersion < oldVersion) throw unsupported('Downgrading to compat=0.10 is not supported by qimg yet');
+  if (newVersion < oldVersion) checkDowngrade(h);
 
   const next: Qcow2Header = { ...h, extensions: { ...h.extensions } };
   if (newVersion > oldVersion) upgradeToV3(next);
   if (a.dataFile !== undefined) next.extensions.dataFile = a.dataFile;
   if (a.dataFileRaw === false) next.autoclearFeatures &= ~BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
-  if (lazy) next.compatibleFeatures |= BigInt(C.COMPAT_LAZY_REFCOUNTS);
+  if (lazy && newVersion >= 3) next.compatibleFeatures |= BigInt(C.COMPAT_LAZY_REFCOUNTS);
   else next.compatibleFeatures &= ~BigInt(C.COMPAT_LAZY_REFCOUNTS);
-  if (sameHeader(h, next)) return;
-  const bytes = serializeHeader(next);
-  await storage.write(bytes, 0);
-  await storage.flush();
+  if (!sameHeader(h, next)) {
+    await storage.write(serializeHeader(next), 0);
+    await storage.flush();
+  }
+  // Last, as qemu does: lazy refcounts are off and the image is clean by now.
+  if (newVersion < oldVersion) await downgradeQcow2(storage, next, onProgress);
 }
 
 /** v2 → v3: the v3 fields at their defaults and qemu's feature name table. */
