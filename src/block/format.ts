@@ -65,7 +65,7 @@ export interface FormatDescriptor {
    * qemu-img amend: change options of the existing image in `storage`
    * (opened writable). Absent: "does not support option amendment".
    */
-  amend?(storage: Storage, bag: OptionBag): Promise<void>;
+  amend?(storage: Storage, bag: OptionBag, onProgress?: (done: number, total: number) => void): Promise<void>;
   /** The options amend accepts, as `-o help` lists them: [name, type, description]. */
   readonly amendOptions?: ReadonlyArray<readonly [string, string, string]>;
 }

@@ -27,11 +27,13 @@ export interface AmendOptions {
   dataFileRaw?: boolean;
 }
 
-export interface AmendFileOptions extends Pick<OperationOptions, 'signal'> {
+export interface AmendFileOptions extends Pick<OperationOptions, 'signal' | 'onProgress'> {
   /** The image's format; probed when absent. */
   format?: string;
   /** qemu's cache mode; `unsafe` skips the flushes. Default writeback. */
   cache?: CacheMode;
+  /** Called once the image is open and amendable, before anything changes (qemu-img's meter starts at 0 there). */
+  onStart?: () => void;
   /** Receives qemu's warnings (a probed raw image opened for writing). */
   onWarning?: (message: string) => void;
 }
@@ -91,7 +93,8 @@ export async function amendImageFile(path: string, options: AmendOptions | strin
     if (!d?.amend) throw notAmendable(format);
     const bag = typeof options === 'string' ? parseAmendList(options) : amendOptionsToBag(options);
     throwIfAborted(opts.signal);
-    await d.amend(storage, bag);
+    opts.onStart?.();
+    await d.amend(storage, bag, opts.onProgress);
     return { format };
   } finally {
     await storage.close();

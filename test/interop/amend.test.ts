@@ -191,3 +191,27 @@ test('amendImageFile takes typed options; amendOptionHelp lists what qcow2 can a
   await assert.rejects(amendImageFile(ours, { refcountBits: 3 }), /power of two/);
   await assert.rejects(amendImageFile(join(dir, 'base-0.10.qcow2'), { version: 3 }, { format: 'raw' }), /does not support option amendment/);
 });
+
+test('amend -p: the same progress meter as qemu-img amend -p (upgrade, downgrade, header change, -q)', async (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir();
+  const cases: Array<[compat: '0.10' | '1.1', args: string[]]> = [
+    ['0.10', ['-p', '-o', 'compat=1.1']],
+    ['1.1', ['-p', '-o', 'compat=0.10']],
+    ['1.1', ['-p', '-o', 'lazy_refcounts=on']],
+    ['1.1', ['-p', '-q', '-o', 'lazy_refcounts=on']],
+  ];
+  let n = 0;
+  for (const [compat, args] of cases) {
+    const img = join(dir, `p${n++}.qcow2`);
+    assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', '-o', `compat=${compat}`, img, '8M']).status, 0);
+    if (compat === '1.1') assert.equal(qemuIo(['-c', 'write -z 0 64k', img]).status, 0);
+    const [theirs, ours] = copies(img, 'p');
+    const q = qemuImg(['amend', ...args, theirs]);
+    const r = qimg(['amend', ...args, ours]);
+    assert.equal(q.status, 0, q.stderr);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, q.stdout, args.join(' '));
+    assert.ok(q.stdout.length > 0 || args.includes('-q'), 'the meter printed');
+  }
+});

@@ -4,7 +4,7 @@
  * cache mode, open, then the format's amendment).
  */
 import { amendImageFile, amendOptionHelp, hasHelpOption, isImageError, parseCacheMode } from '../../node.js';
-import { CliError, err, messageOf, out, PROG } from '../common.js';
+import { CliError, err, messageOf, out, Progress, PROG } from '../common.js';
 import { getopt, UsageError } from '../options.js';
 import { accumulate } from './create.js';
 
@@ -14,7 +14,7 @@ Change options of an existing image (qcow2: compat, lazy_refcounts, ...).
   -o, --options=OPTIONS  the options to change (-o help lists them)
   -f, --format=FMT       image format; probed when absent
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
-  -p, --progress         accepted; no progress is printed yet
+  -p, --progress         show progress
   -q, --quiet            print nothing on success
   --force                accepted for qemu compatibility
 `;
@@ -62,9 +62,21 @@ export async function cmdAmend(args: string[]): Promise<number> {
   const path = operands[0]!;
   const cache = parseCacheMode(cacheText);
   if (cache === undefined) throw new CliError(`Invalid cache option: ${cacheText}`);
+  const quiet = options.some((o) => o.key === 'q');
+  const meter = new Progress(options.some((o) => o.key === 'p') && !quiet, 1.0);
   try {
-    const r = await amendImageFile(path, optText, { format, cache, onWarning: (m) => err(m) });
+    const r = await amendImageFile(path, optText, {
+      format,
+      cache,
+      onWarning: (m) => err(m),
+      onStart: () => meter.print(0, 0),
+      onProgress: (done, total) => meter.print(total > 0 ? (100 * done) / total : 100, 0),
+    });
     if (r.help !== undefined) out(r.help);
+    else {
+      meter.print(100, 0);
+      meter.end();
+    }
   } catch (e) {
     const hint = isImageError(e) && e.hint !== undefined ? `${e.hint.replace(/\n?$/, '\n')}` : '';
     err(`${PROG}: ${messageOf(e)}\n${hint}`);

@@ -127,10 +127,14 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, onProgres
   if (a.dataFileRaw === false) next.autoclearFeatures &= ~BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
   if (lazy && newVersion >= 3) next.compatibleFeatures |= BigInt(C.COMPAT_LAZY_REFCOUNTS);
   else next.compatibleFeatures &= ~BigInt(C.COMPAT_LAZY_REFCOUNTS);
+  // An upgrade reports two steps, as qemu's does (its meter prints 0, 50 and 100 for it).
+  if (newVersion > oldVersion) onProgress?.(0, 2);
+  if (newVersion > oldVersion) onProgress?.(1, 2);
   if (!sameHeader(h, next)) {
     await storage.write(serializeHeader(next), 0);
     await storage.flush();
   }
+  if (newVersion > oldVersion) onProgress?.(2, 2);
   // Last, as qemu does: lazy refcounts are off and the image is clean by now.
   if (newVersion < oldVersion) await downgradeQcow2(storage, next, onProgress);
 }

@@ -85,7 +85,7 @@ export const qcow2Format: FormatDescriptor = {
   check: (storage, repair) => checkQcow2File(storage, repair),
   writeStream: qcow2StreamWriter,
   measure: measureQcow2,
-  amend: (storage, bag) => amendQcow2(storage, parseQcow2Amendments(bag)),
+  amend: (storage, bag, onProgress) => amendQcow2(storage, parseQcow2Amendments(bag), onProgress),
   amendOptions: QCOW2_AMEND_HELP,
 };
 

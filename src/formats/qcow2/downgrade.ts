@@ -58,7 +58,8 @@ export async function downgradeQcow2(storage: Storage, h: Qcow2Header, onProgres
     await storage.read(l1Bytes, l1.offset);
     const l1v = new DataView(l1Bytes.buffer);
     for (let i = 0; i < l1.size; i++, l1Done++) {
-      onProgress?.(l1Done, l1Total);
+      // Work done so far, never 0 (qemu's meter always prints 0 and 100, so those come from the caller).
+      if (l1Done > 0) onProgress?.(l1Done, l1Total);
       const l2Offset = entryOffset(l1v.getUint32(8 * i, false), l1v.getUint32(8 * i + 4, false));
       if (l2Offset === 0) continue;
       const l2 = new Uint8Array(cs);
@@ -97,7 +98,7 @@ export async function downgradeQcow2(storage: Storage, h: Qcow2Header, onProgres
       await storage.flush();
     }
   }
-  onProgress?.(l1Total, l1Total);
+  onProgress?.(1, 1);
   const v2: Qcow2Header = {
     ...h,
     refcountTableOffset: tableOffset,
