@@ -11,6 +11,7 @@ import { FileStorage } from '../io/file.js';
 import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
+import { openImageFile } from './open.js';
 
 /** What amend may change (qcow2): the names of createImageFile's options. */
 export interface AmendOptions {
@@ -74,6 +75,8 @@ export async function amendImageFile(path: string, options: AmendOptions | strin
   throwIfAborted(opts.signal);
   const couldNotOpen = (e: unknown) =>
     new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  // Before the writable open, whose lock a second open of the same file would meet.
+  await filesItNamesOpen(path, opts.format, couldNotOpen);
   let storage: Storage;
   try {
     storage = await FileStorage.open(path, { writable: true, unsafe: dropsFlushes(opts.cache ?? 'writeback') });
@@ -120,6 +123,24 @@ export function amendOptionHelp(format: string): string {
   if (!d.amend) throw notAmendable(format);
   const lines = (d.amendOptions ?? []).map(([name, type, desc]) => `  ${`${name}=<${type}>`.padEnd(22)} - ${desc}\n`);
   return `Amend options for '${format}':\n${lines.join('')}`;
+}
+
+/**
+ * qemu-img amend opens the image with its backing chain and data file, so
+ * one of those that cannot be opened fails the amendment before it starts.
+ */
+async function filesItNamesOpen(path: string, format: string | undefined, couldNotOpen: (e: unknown) => ImageError): Promise<void> {
+  const named = format === undefined ? undefined : parseFormatName(format);
+  if (format !== undefined && named === undefined) return;
+  let img;
+  try {
+    img = await openImageFile(path, { format: named });
+  } catch (e) {
+    if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(e);
+    if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(e);
+    return;
+  }
+  await img.close();
 }
 
 /** qemu's option list parse, which also refuses a list ending in a lone comma (an empty last item). */

@@ -132,7 +132,14 @@ test('amend refusals and usage errors: the same stderr and exit code as qemu-img
   assert.equal(qemuImg(['create', '-q', '-f', 'qed', qed, '1M']).status, 0);
   assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=8', join(dir, 'rc8.qcow2'), '1M']).status, 0);
   assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', join(dir, 'extl2.qcow2'), '1M']).status, 0);
+  // An image whose backing file is missing, and one whose data file is.
+  const orphan = join(dir, 'orphan.qcow2');
+  assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', '-u', '-b', join(dir, 'gone.qcow2'), '-F', 'qcow2', orphan, '1M']).status, 0);
+  const withData = join(dir, 'withdata.qcow2');
+  assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${join(dir, 'withdata.raw')}`, withData, '1M']).status, 0);
   const cases: string[][] = [
+    ['-o', 'lazy_refcounts=on', orphan],
+    ['-o', 'lazy_refcounts=on', withData],
     [img],
     ['-o', 'help', img],
     ['-f', 'qcow2', '-o', 'help'],
@@ -189,6 +196,13 @@ test('amendImageFile takes typed options; amendOptionHelp lists what qcow2 can a
   assertSameResult(theirs, ours, 'typed');
   assert.equal(amendOptionHelp('qcow2'), qemuImg(['amend', '-f', 'qcow2', '-o', 'help']).stdout);
   await assert.rejects(amendImageFile(ours, { refcountBits: 3 }), /power of two/);
+  // A new name for the external data file, and data_file_raw cleared.
+  const withData = join(dir, 'withdata.qcow2');
+  assert.equal(qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${join(dir, 'withdata.raw')},data_file_raw=on`, withData, '1M']).status, 0);
+  const [theirData, ourData] = copies(withData, 'rename');
+  assert.equal(qemuImg(['amend', '-o', 'data_file=renamed.raw,data_file_raw=off', theirData]).status, 0);
+  await amendImageFile(ourData, { dataFile: 'renamed.raw', dataFileRaw: false });
+  assert.ok(readFileSync(ourData).equals(readFileSync(theirData)), 'the same header as qemu writes');
   await assert.rejects(amendImageFile(join(dir, 'base-0.10.qcow2'), { version: 3 }, { format: 'raw' }), /does not support option amendment/);
 });
 
