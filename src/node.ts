@@ -24,3 +24,5 @@ export { listSnapshotsFile, createSnapshotFile, deleteSnapshotFile, applySnapsho
 export { rebaseImageFile, type RebaseFileOptions } from './node/rebase.js';
 export { ddImageFile, type DdFileOptions } from './node/dd.js';
 export { commitImageFile, type CommitFileOptions } from './node/commit.js';
+// amend: options of an existing image changed in place (qemu-img amend)
+export { amendImageFile, amendOptionHelp, amendOptionsToBag, type AmendOptions, type AmendFileOptions, type AmendFileResult } from './node/amend.js';

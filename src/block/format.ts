@@ -64,6 +64,13 @@ export interface FormatDescriptor {
   measure?(bag: OptionBag, source?: Image): Promise<MeasureResult>;
   /** Internal snapshots (qemu-img snapshot, convert -l). Absent: qemu's "not supported" errors. */
   readonly snapshots?: SnapshotOps;
+  /**
+   * qemu-img amend: change options of the existing image in `storage`
+   * (opened writable). Absent: "does not support option amendment".
+   */
+  amend?(storage: Storage, bag: OptionBag, onProgress?: (done: number, total: number) => void): Promise<void>;
+  /** The options amend accepts, as `-o help` lists them: [name, type, description]. */
+  readonly amendOptions?: ReadonlyArray<readonly [string, string, string]>;
 }
 
 const formats = new Map<ImageFormat, FormatDescriptor>();

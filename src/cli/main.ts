@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { onLockWarning } from '../node.js';
 import { CliError, err, out, PROG } from './common.js';
 import { cmdBench } from './img/bench.js';
+import { cmdAmend } from './img/amend.js';
 import { cmdBitmap } from './img/bitmap.js';
 import { cmdCheck } from './img/check.js';
 import { cmdCommit } from './img/commit.js';
@@ -27,6 +28,7 @@ import { applyTraceOption } from './trace.js';
 type Handler = (args: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
+  amend: { run: cmdAmend, syntax: 'amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename' },
   bench: {
     run: cmdBench,
     syntax: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename',

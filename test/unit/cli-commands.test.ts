@@ -53,7 +53,7 @@ test('global options and unknown commands', () => {
   const h = qimg(['--help']);
   assert.equal(h.status, 0);
   assert.match(h.stdout, /info \[-f fmt\]/);
-  for (const c of ['info', 'map', 'convert', 'compare', 'io', 'resize', 'snapshot', 'bitmap', 'rebase', 'dd', 'commit']) {
+  for (const c of ['info', 'map', 'convert', 'compare', 'io', 'resize', 'snapshot', 'bitmap', 'rebase', 'dd', 'commit', 'amend']) {
     const r = qimg([c, '--help']);
     assert.equal(r.status, 0, c);
     assert.match(r.stdout, /^usage: qimg /, c);

@@ -3,6 +3,7 @@ import { genericCreateLine, option, protocolOptionsTail, type OptionSpec } from 
 import type { FormatDescriptor } from '../../block/format.js';
 import type { OptionBag } from '../../block/options.js';
 import { ImageError } from '../../errors.js';
+import { amendQcow2, parseQcow2Amendments, QCOW2_AMEND_HELP } from './amend.js';
 import { checkQcow2File } from './check.js';
 import { createQcow2, parseQcow2CreateOptions, qcow2CreateLine } from './create.js';
 import { measureQcow2 } from './measure-image.js';
@@ -86,6 +87,8 @@ export const qcow2Format: FormatDescriptor = {
   writeStream: qcow2StreamWriter,
   measure: measureQcow2,
   snapshots: qcow2SnapshotOps,
+  amend: (storage, bag, onProgress) => amendQcow2(storage, parseQcow2Amendments(bag), onProgress),
+  amendOptions: QCOW2_AMEND_HELP,
 };
 
 const view = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.length);

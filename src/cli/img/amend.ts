@@ -1,0 +1,96 @@
+/**
+ * qemu-img amend: argument parsing and messages around the library's
+ * amendImageFile, in qemu-img 7.2's order (options, help, file name,
+ * cache mode, open, then the format's amendment).
+ */
+import { amendImageFile, amendOptionHelp, hasHelpOption, isImageError, parseCacheMode } from '../../node.js';
+import { CliError, err, messageOf, out, Progress, PROG } from '../common.js';
+import { getopt, UsageError } from '../options.js';
+import { accumulate } from './create.js';
+
+export const amendHelp = `usage: qimg amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
+
+Change options of an existing image (qcow2: compat, lazy_refcounts, ...).
+  -o, --options=OPTIONS  the options to change (-o help lists them)
+  -f, --format=FMT       image format; probed when absent
+  -t CACHE               cache mode (default writeback); unsafe skips the flushes
+  -p, --progress         show progress
+  -q, --quiet            print nothing on success
+  --force                accepted for qemu compatibility
+`;
+
+export async function cmdAmend(args: string[]): Promise<number> {
+  const { options, operands } = getopt(args, ':ho:f:t:pq', [
+    { name: 'help', arg: 'none', key: 'h' },
+    { name: 'options', arg: 'required', key: 'o' },
+    { name: 'format', arg: 'required', key: 'f' },
+    { name: 'cache', arg: 'required', key: 't' },
+    { name: 'progress', arg: 'none', key: 'p' },
+    { name: 'quiet', arg: 'none', key: 'q' },
+    { name: 'force', arg: 'none', key: 'force' },
+    { name: 'object', arg: 'required', key: 'object' },
+    { name: 'image-opts', arg: 'none', key: 'image-opts' },
+  ]);
+  let format: string | undefined;
+  let optText: string | undefined;
+  let cacheText = 'writeback';
+  for (const o of options) {
+    const v = o.value ?? '';
+    switch (o.key) {
+      case 'h':
+        out(amendHelp);
+        return 0;
+      case 'o':
+        optText = accumulate(optText, v);
+        break;
+      case 'f':
+        format = v;
+        break;
+      case 't':
+        cacheText = v;
+        break;
+      case 'object':
+      case 'image-opts':
+        throw new CliError(`--${o.key} is not supported`);
+      default:
+        break;
+    }
+  }
+  if (optText === undefined) throw new UsageError('Must specify options (-o)');
+  if (format !== undefined && hasHelpOption(optText)) return printHelp(format);
+  if (operands.length !== 1) throw new CliError('Expecting one image file name');
+  const path = operands[0]!;
+  const cache = parseCacheMode(cacheText);
+  if (cache === undefined) throw new CliError(`Invalid cache option: ${cacheText}`);
+  const quiet = options.some((o) => o.key === 'q');
+  const meter = new Progress(options.some((o) => o.key === 'p') && !quiet, 1.0);
+  try {
+    const r = await amendImageFile(path, optText, {
+      format,
+      cache,
+      onWarning: (m) => err(m),
+      onStart: () => meter.print(0, 0),
+      onProgress: (done, total) => meter.print(total > 0 ? (100 * done) / total : 100, 0),
+    });
+    if (r.help !== undefined) out(r.help);
+    else {
+      meter.print(100, 0);
+      meter.end();
+    }
+  } catch (e) {
+    const hint = isImageError(e) && e.hint !== undefined ? `${e.hint.replace(/\n?$/, '\n')}` : '';
+    err(`${PROG}: ${messageOf(e)}\n${hint}`);
+    return 1;
+  }
+  return 0;
+}
+
+function printHelp(format: string): number {
+  try {
+    out(amendOptionHelp(format));
+    return 0;
+  } catch (e) {
+    err(`${PROG}: ${messageOf(e)}\n`);
+    return 1;
+  }
+}

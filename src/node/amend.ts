@@ -1,0 +1,167 @@
+/** qemu-img amend on Node: options of an existing image file changed in place. */
+import { hasHelpOption } from '../block/create-options.js';
+import { findFormat } from '../block/format.js';
+import { OptionBag } from '../block/options.js';
+import { imagePermissions } from '../block/perms.js';
+import { parseFormatName, PROBE_BYTES, probeFormat } from '../block/probe.js';
+import type { ImageFormat } from '../block/driver.js';
+import { ImageError, isImageError } from '../errors.js';
+import { dropsFlushes, type CacheMode } from '../io/cache.js';
+import { FileStorage } from '../io/file.js';
+import type { Storage } from '../io/storage.js';
+import type { OperationOptions } from '../ops/operation.js';
+import { throwIfAborted } from '../ops/operation.js';
+import { openImageFile } from './open.js';
+
+/** What amend may change (qcow2): the names of createImageFile's options. */
+export interface AmendOptions {
+  /** compat: 3 (1.1) upgrades a v2 image. */
+  version?: 2 | 3;
+  lazyRefcounts?: boolean;
+  refcountBits?: number;
+  /** Must equal the current one: amend does not rebase. */
+  backingFile?: string;
+  backingFormat?: string;
+  /** New name of the external data file (images that have one). */
+  dataFile?: string;
+  /** Only `false` (clear the flag) or its current value. */
+  dataFileRaw?: boolean;
+}
+
+export interface AmendFileOptions extends Pick<OperationOptions, 'signal' | 'onProgress'> {
+  /** The image's format; probed when absent. */
+  format?: string;
+  /** qemu's cache mode; `unsafe` skips the flushes. Default writeback. */
+  cache?: CacheMode;
+  /** Called once the image is open and amendable, before anything changes (qemu-img's meter starts at 0 there). */
+  onStart?: () => void;
+  /** Receives qemu's warnings (a probed raw image opened for writing). */
+  onWarning?: (message: string) => void;
+}
+
+const KEYS: Record<keyof AmendOptions, string> = {
+  version: 'compat',
+  lazyRefcounts: 'lazy_refcounts',
+  refcountBits: 'refcount_bits',
+  backingFile: 'backing_file',
+  backingFormat: 'backing_fmt',
+  dataFile: 'data_file',
+  dataFileRaw: 'data_file_raw',
+};
+
+/** Typed amendments as qemu's -o list. */
+export function amendOptionsToBag(o: AmendOptions): OptionBag {
+  const bag = new OptionBag();
+  for (const [k, v] of Object.entries(o) as Array<[keyof AmendOptions, unknown]>) {
+    if (v === undefined) continue;
+    const key = KEYS[k];
+    if (key === undefined) throw new ImageError('bad-argument', `Invalid parameter '${k}'`);
+    const text = k === 'version' ? (v === 2 ? '0.10' : '1.1') : typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
+    bag.set(key, text);
+  }
+  return bag;
+}
+
+/**
+ * Change options of an existing image file as qemu-img amend does (qcow2:
+ * compat upgrade, lazy_refcounts, data_file name, data_file_raw off).
+ * `options` is typed, or a qemu -o list. Rejects with qemu's messages;
+ * formats without amendment reject with "does not support option amendment".
+ *
+ * @example
+ * await amendImageFile('disk.qcow2', { version: 3, lazyRefcounts: true });
+ */
+export async function amendImageFile(path: string, options: AmendOptions | string, opts: AmendFileOptions = {}): Promise<AmendFileResult> {
+  throwIfAborted(opts.signal);
+  const couldNotOpen = (e: unknown) =>
+    new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  // Before the writable open, whose lock a second open of the same file would meet.
+  await filesItNamesOpen(path, opts.format, couldNotOpen);
+  let storage: Storage;
+  try {
+    storage = await FileStorage.open(path, { writable: true, unsafe: dropsFlushes(opts.cache ?? 'writeback') });
+  } catch (e) {
+    throw couldNotOpen(e);
+  }
+  try {
+    const format = await formatOf(storage, path, opts.format);
+    try {
+      await storage.setPermissions?.(imagePermissions(format, { writable: true }));
+    } catch (e) {
+      throw couldNotOpen(e);
+    }
+    if (opts.format === undefined && format === 'raw') opts.onWarning?.(probedRawWarning(path));
+    if (typeof options === 'string' && hasHelpOption(options)) return { format, help: amendOptionHelp(format) };
+    const d = findFormat(format);
+    if (!d?.amend) throw notAmendable(format);
+    const bag = typeof options === 'string' ? parseAmendList(options) : amendOptionsToBag(options);
+    throwIfAborted(opts.signal);
+    opts.onStart?.();
+    await d.amend(storage, bag, opts.onProgress);
+    return { format };
+  } finally {
+    await storage.close();
+  }
+}
+
+export interface AmendFileResult {
+  format: ImageFormat;
+  /** Set when the -o list asked for help: the amendable options, and nothing was changed. */
+  help?: string;
+}
+
+const notAmendable = (format: string): ImageError =>
+  new ImageError('unsupported', `Format driver '${format}' does not support option amendment`);
+
+/**
+ * qemu-img amend -o help: the options `format` can amend, one a line as
+ * qemu lists them. Throws for unknown formats and those that cannot amend.
+ */
+export function amendOptionHelp(format: string): string {
+  const d = findFormat(format);
+  if (!d) throw new ImageError('unsupported', `Unknown file format '${format}'`);
+  if (!d.amend) throw notAmendable(format);
+  const lines = (d.amendOptions ?? []).map(([name, type, desc]) => `  ${`${name}=<${type}>`.padEnd(22)} - ${desc}\n`);
+  return `Amend options for '${format}':\n${lines.join('')}`;
+}
+
+/**
+ * qemu-img amend opens the image with its backing chain and data file, so
+ * one of those that cannot be opened fails the amendment before it starts.
+ */
+async function filesItNamesOpen(path: string, format: string | undefined, couldNotOpen: (e: unknown) => ImageError): Promise<void> {
+  const named = format === undefined ? undefined : parseFormatName(format);
+  if (format !== undefined && named === undefined) return;
+  let img;
+  try {
+    img = await openImageFile(path, { format: named });
+  } catch (e) {
+    if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(e);
+    if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(e);
+    return;
+  }
+  await img.close();
+}
+
+/** qemu's option list parse, which also refuses a list ending in a lone comma (an empty last item). */
+function parseAmendList(text: string): OptionBag {
+  const trailing = /,+$/.exec(text)?.[0].length ?? 0;
+  if (trailing % 2 === 1) throw new ImageError('bad-argument', `Invalid option list: ${text}`);
+  return OptionBag.parse(text);
+}
+
+const probedRawWarning = (path: string): string =>
+  `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
+  '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+  "         Specify the 'raw' format explicitly to remove the restrictions.\n";
+
+async function formatOf(storage: Storage, path: string, named: string | undefined): Promise<ImageFormat> {
+  if (named !== undefined) {
+    const f = parseFormatName(named);
+    if (f === undefined) throw new ImageError('unsupported', `Unknown file format '${named}'`);
+    return f;
+  }
+  const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
+  await storage.read(head, 0);
+  return probeFormat(head);
+}
