@@ -27,5 +27,6 @@ test('fuzz: 2500 mutated images (seed 20240601) end in an ImageError or succeed'
   });
   const report = s.findings.map((f) => `${f.signature} (case ${f.iteration}, ${f.seedImage}): ${f.error?.message}\n  edits: ${f.minimisedEdits.map((e) => e.why).join('; ')}`);
   assert.deepEqual(report, []);
-  assert.ok(s.executions >= 500, `only ${s.executions} executions`);
+  // The run is time-boxed and shares two cores with another test file: a floor that shows it ran, not a speed.
+  assert.ok(s.executions >= 250, `only ${s.executions} executions`);
 });
