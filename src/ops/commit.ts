@@ -46,7 +46,9 @@ export async function commitImage(top: Image, opts: CommitOptions = {}): Promise
   if (base.size < top.size) {
     throw new ImageError('unsupported', `The base image '${base.filename}' is smaller than '${top.filename}'; qimg does not grow it`);
   }
-  const granularity = Math.min(MAX_GRANULARITY, Math.max(MIN_GRANULARITY, (await base.info())['cluster-size'] ?? 0));
+  // qemu's default dirty-bitmap granularity: the base's cluster size (4 KiB at least), or 64 KiB where it has none (raw).
+  const clusterSize = (await base.info())['cluster-size'];
+  const granularity = clusterSize === undefined ? MAX_GRANULARITY : Math.min(MAX_GRANULARITY, Math.max(MIN_GRANULARITY, clusterSize));
   const size = top.size;
   const started = Date.now();
   let written = 0;
@@ -62,7 +64,7 @@ export async function commitImage(top: Image, opts: CommitOptions = {}): Promise
     // Whole granules, as qemu's mirror copies them.
     const start = Math.floor(pos / granularity) * granularity;
     const end = Math.min(size, Math.ceil((pos + run.length) / granularity) * granularity);
-    await copyRange(top, base, start, end, opts);
+    await copyRange(top, base, start, end, granularity, opts);
     written += end - start;
     if (opts.rateLimit !== undefined && opts.rateLimit > 0) {
       const due = started + (written / opts.rateLimit) * 1000;
@@ -98,20 +100,36 @@ async function allocatedAbove(top: Image, base: Image, offset: number, length: n
   return { allocated: false, length: n };
 }
 
-/** Copy [start, end) of what `top` reads into `base`: zero runs as zeroes (unmapping), the rest as data. */
-async function copyRange(top: Image, base: Image, start: number, end: number, opts: CommitOptions): Promise<void> {
-  let pos = start;
+/**
+ * Copy [start, end) of what `top` reads into `base`, granule by granule as
+ * qemu's mirror does: a granule that reads as zero throughout is written as
+ * zeroes (unmapping), any other granule is copied as data, zero parts and all.
+ */
+async function copyRange(top: Image, base: Image, start: number, end: number, granularity: number, opts: CommitOptions): Promise<void> {
   const buf = new Uint8Array(Math.min(MAX_IO, end - start));
+  let pos = start;
   while (pos < end) {
     throwIfAborted(opts.signal);
-    const e = await top.blockStatus(pos, Math.min(MAX_IO, end - pos));
-    if (e.zero && !e.data) {
-      await base.writeZeroes(pos, e.length, { mayUnmap: true });
-    } else {
-      const part = buf.subarray(0, e.length);
-      await top.read(pos, part);
-      await base.write(pos, part);
+    // The run of whole zero granules from pos, or the run of granules holding data.
+    const zeroEnd = await zeroGranulesEnd(top, pos, Math.min(end, pos + MAX_IO), granularity);
+    if (zeroEnd > pos) {
+      await base.writeZeroes(pos, zeroEnd - pos, { mayUnmap: true });
+      pos = zeroEnd;
+      continue;
     }
-    pos += e.length;
+    const next = Math.min(end, pos + granularity);
+    const part = buf.subarray(0, next - pos);
+    await top.read(pos, part);
+    await base.write(pos, part);
+    pos = next;
   }
+}
+
+/** The end of the whole granules from `pos` (at most `limit`) that read as zero in `top`; `pos` if the first does not. */
+async function zeroGranulesEnd(top: Image, pos: number, limit: number, granularity: number): Promise<number> {
+  const e = await top.blockStatus(pos, limit - pos);
+  if (!e.zero || e.data) return pos;
+  const zeroTo = pos + e.length;
+  if (zeroTo >= limit) return limit;
+  return Math.max(pos, pos + Math.floor((zeroTo - pos) / granularity) * granularity);
 }
