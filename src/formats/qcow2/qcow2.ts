@@ -278,7 +278,7 @@ export class Qcow2Driver implements FormatDriver {
 
   /** Store the bitmaps now (close does it too): after this they are consistent on disk. */
   async storeBitmaps(): Promise<void> {
-    if (!this.bitmaps || !this.parts.refcountStore) return;
+    if (!this.bitmaps?.needsStore || !this.parts.refcountStore) return;
     await this.writer?.flush();
     const h = this.header;
     await this.bitmaps.store({
