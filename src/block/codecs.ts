@@ -3,6 +3,9 @@
  * Node APIs: the Node entry point supplies zlib and zstd bindings; a browser
  * build can supply WebAssembly ones.
  */
+/** For callers that give no codecs: compressed clusters then fail to read with a clear error, and nothing is compressed. */
+export const NO_CODECS: Codecs = { inflateRaw: async () => false, zstdDecompress: async () => false };
+
 export interface Codecs {
   /**
    * Inflate a raw DEFLATE stream (no zlib header) into exactly `out.length`

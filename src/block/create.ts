@@ -7,18 +7,13 @@
  */
 import { ImageError, isImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
-import type { Codecs } from './codecs.js';
+import { NO_CODECS } from './codecs.js';
 import { optionsToBag } from './create-options.js';
 import { formatDescriptor, type CreateContext } from './format.js';
 import { openImage, type Host } from './open.js';
 import type { OptionBag } from './options.js';
 import { parseFormatName } from './probe.js';
 
-/** Codecs for hosts that give none: creating never compresses; preallocation never decompresses. */
-const NO_CODECS: Codecs = {
-  inflateRaw: async () => false,
-  zstdDecompress: async () => false,
-};
 
 /** Typed creation options: `format`, `size` and the format's keys (see CreateImageOptions). */
 export interface TypedCreateOptions {

@@ -7,7 +7,7 @@
  */
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
-import type { Codecs } from './codecs.js';
+import { NO_CODECS, type Codecs } from './codecs.js';
 import type { DriverContext, FormatDriver, ImageFormat } from './driver.js';
 import { formatDescriptor } from './format.js';
 import { BlockImage, type Image } from './image.js';
@@ -237,8 +237,6 @@ async function openDriver(
   return opener(ctx);
 }
 
-/** Codecs for callers that give none: compressed clusters then fail to read with a clear error. */
-const NO_CODECS: Codecs = { inflateRaw: async () => false, zstdDecompress: async () => false };
 
 export interface OpenStorageOptions extends Omit<OpenOptions, 'host' | 'policy' | 'backing' | 'snapshot'> {
   /** Decompression (and compression) for compressed clusters; the Node entry point's nodeCodecs on Node. */

@@ -5,13 +5,15 @@ import { OptionBag } from '../block/options.js';
 import { imagePermissions } from '../block/perms.js';
 import { parseFormatName, PROBE_BYTES, probeFormat } from '../block/probe.js';
 import type { ImageFormat } from '../block/driver.js';
-import { ImageError, isImageError } from '../errors.js';
+import { ImageError } from '../errors.js';
 import { dropsFlushes, type CacheMode } from '../io/cache.js';
 import { FileStorage } from '../io/file.js';
 import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
 import { openImageFile } from './open.js';
+import { couldNotOpen } from './errors.js';
+import { probedRawWarning } from './check.js';
 
 /** What amend may change (qcow2): the names of createImageFile's options. */
 export interface AmendOptions {
@@ -73,22 +75,20 @@ export function amendOptionsToBag(o: AmendOptions): OptionBag {
  */
 export async function amendImageFile(path: string, options: AmendOptions | string, opts: AmendFileOptions = {}): Promise<AmendFileResult> {
   throwIfAborted(opts.signal);
-  const couldNotOpen = (e: unknown) =>
-    new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   // Before the writable open, whose lock a second open of the same file would meet.
-  await filesItNamesOpen(path, opts.format, couldNotOpen);
+  await filesItNamesOpen(path, opts.format);
   let storage: Storage;
   try {
     storage = await FileStorage.open(path, { writable: true, unsafe: dropsFlushes(opts.cache ?? 'writeback') });
   } catch (e) {
-    throw couldNotOpen(e);
+    throw couldNotOpen(path, e);
   }
   try {
     const format = await formatOf(storage, path, opts.format);
     try {
       await storage.setPermissions?.(imagePermissions(format, { writable: true }));
     } catch (e) {
-      throw couldNotOpen(e);
+      throw couldNotOpen(path, e);
     }
     if (opts.format === undefined && format === 'raw') opts.onWarning?.(probedRawWarning(path));
     if (typeof options === 'string' && hasHelpOption(options)) return { format, help: amendOptionHelp(format) };
@@ -129,15 +129,15 @@ export function amendOptionHelp(format: string): string {
  * qemu-img amend opens the image with its backing chain and data file, so
  * one of those that cannot be opened fails the amendment before it starts.
  */
-async function filesItNamesOpen(path: string, format: string | undefined, couldNotOpen: (e: unknown) => ImageError): Promise<void> {
+async function filesItNamesOpen(path: string, format: string | undefined): Promise<void> {
   const named = format === undefined ? undefined : parseFormatName(format);
   if (format !== undefined && named === undefined) return;
   let img;
   try {
     img = await openImageFile(path, { format: named });
   } catch (e) {
-    if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(e);
-    if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(e);
+    if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(path, e);
+    if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(path, e);
     return;
   }
   await img.close();
@@ -150,10 +150,6 @@ function parseAmendList(text: string): OptionBag {
   return OptionBag.parse(text);
 }
 
-const probedRawWarning = (path: string): string =>
-  `WARNING: Image format was not specified for '${path}' and probing guessed raw.\n` +
-  '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-  "         Specify the 'raw' format explicitly to remove the restrictions.\n";
 
 async function formatOf(storage: Storage, path: string, named: string | undefined): Promise<ImageFormat> {
   if (named !== undefined) {

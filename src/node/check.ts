@@ -12,6 +12,7 @@ import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
 import { openImageFile } from './open.js';
+import { couldNotOpen } from './errors.js';
 
 export interface CheckFileOptions extends Pick<OperationOptions, 'signal'> {
   /** The image's format; probed when absent. */
@@ -44,22 +45,20 @@ export interface CheckFileResult extends CheckResult {
 export async function checkImageFile(path: string, opts: CheckFileOptions = {}): Promise<CheckFileResult> {
   throwIfAborted(opts.signal);
   const repair = opts.repair ?? 'none';
-  const couldNotOpen = (e: unknown) =>
-    new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-  if (opts.forceShare && repair !== 'none') throw couldNotOpen(new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
+  if (opts.forceShare && repair !== 'none') throw couldNotOpen(path, new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
   let storage: Storage;
   try {
     // Repairs flush as they go (and as qemu's driver does); cache=unsafe drops those flushes as qemu does.
     storage = await FileStorage.open(path, { writable: repair !== 'none', unsafe: dropsFlushes(opts.cache ?? 'writeback') });
   } catch (e) {
-    throw couldNotOpen(e);
+    throw couldNotOpen(path, e);
   }
   try {
     const format = await formatOf(storage, path, opts.format);
     try {
       await storage.setPermissions?.(imagePermissions(format, { writable: repair !== 'none', forceShare: opts.forceShare }));
     } catch (e) {
-      throw couldNotOpen(e);
+      throw couldNotOpen(path, e);
     }
     if (!findFormat(format)?.check) {
       // -r opens the image for writing, which is when qemu warns about a probed raw image.
@@ -74,7 +73,7 @@ export async function checkImageFile(path: string, opts: CheckFileOptions = {}):
     } catch (e) {
       // The storage failed (or memory ran out) during the scan or a repair:
       // QEMU's bdrv_check returns -errno and qemu-img says "Check failed: <strerror>".
-      if (!isImageError(e, 'io')) throw couldNotOpen(e);
+      if (!isImageError(e, 'io')) throw couldNotOpen(path, e);
       result = { counts: emptyCounts(), messages: [], errors: [], failed: strerror(e), exitCode: 1 };
     }
     return { ...result, filename: path, format };

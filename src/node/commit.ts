@@ -8,7 +8,6 @@
  */
 import type { Host } from '../block/open.js';
 import type { Image } from '../block/image.js';
-import { parseFormatName } from '../block/probe.js';
 import { ImageError, isImageError } from '../errors.js';
 import { dropsFlushes, parseCacheMode, type CacheMode } from '../io/cache.js';
 import type { Storage } from '../io/storage.js';
@@ -17,6 +16,7 @@ import { throwIfAborted, type OperationOptions } from '../ops/operation.js';
 import type { ImageFormat } from '../block/driver.js';
 import { nodeHost, resolveImplicitPath } from './host.js';
 import { openImageFile } from './open.js';
+import { couldNotOpen, namedFormat } from './errors.js';
 
 export interface CommitFileOptions extends OperationOptions {
   /** The top image's format (-f); probed when absent. */
@@ -35,7 +35,6 @@ export interface CommitFileOptions extends OperationOptions {
   rateLimit?: number;
 }
 
-const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 /**
  * Commit the image file at `path` into its base, as qemu-img commit does:
@@ -51,13 +50,7 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
   const cache = parseCacheMode(opts.cache ?? 'writeback');
   if (cache === undefined) throw new ImageError('bad-argument', `Invalid cache option: ${opts.cache}`);
   const unsafe = dropsFlushes(cache);
-  let format: ImageFormat | undefined;
-  if (opts.format !== undefined) {
-    format = parseFormatName(opts.format);
-    if (format === undefined) throw new ImageError('unsupported', `Could not open '${path}': Unknown driver '${opts.format}'`);
-  }
-  const couldNotOpen = (p: string, e: unknown) =>
-    new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${p}': ${messageOf(e)}`, { cause: e });
+  const format = namedFormat(path, opts.format);
 
   // Which file is the base: the chain's names, looked at without locking anything against writers.
   let target: { path: string; format: ImageFormat };

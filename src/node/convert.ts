@@ -26,6 +26,7 @@ import { writethroughTarget } from '../ops/writethrough.js';
 import { nodeHost } from './host.js';
 import { openImageFile } from './open.js';
 import { SnapshotLoadError, type InternalSnapshotRef } from '../block/snapshot.js';
+import { couldNotOpen, messageOf, namedFormat } from './errors.js';
 
 const SECTOR = 512;
 
@@ -220,18 +221,10 @@ export async function convertImageFile(sources: string | readonly string[], outp
   }
 }
 
-const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
-function couldNotOpen(path: string, e: unknown): ImageError {
-  return new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${messageOf(e)}`, { cause: e });
-}
 
 async function openSource(path: string, opts: ConvertFileOptions, internalSnapshot: InternalSnapshotRef | undefined): Promise<Image> {
-  let format: ImageFormat | undefined;
-  if (opts.sourceFormat !== undefined) {
-    format = parseFormatName(opts.sourceFormat);
-    if (format === undefined) throw new ImageError('unsupported', `Could not open '${path}': Unknown driver '${opts.sourceFormat}'`);
-  }
+  const format = namedFormat(path, opts.sourceFormat);
   try {
     return await openImageFile(path, { format, forceShare: opts.forceShare, internalSnapshot });
   } catch (e) {

@@ -5,15 +5,14 @@
  */
 import { createFormattedOn } from '../block/create.js';
 import { parseCreateOptions } from '../block/create-options.js';
-import type { ImageFormat } from '../block/driver.js';
 import { findFormat } from '../block/format.js';
 import type { Image } from '../block/image.js';
-import { parseFormatName } from '../block/probe.js';
-import { ImageError, isImageError } from '../errors.js';
+import { ImageError } from '../errors.js';
 import { ddImage, planDd, type DdOptions } from '../ops/dd.js';
 import { throwIfAborted } from '../ops/operation.js';
 import { nodeHost } from './host.js';
 import { openImageFile } from './open.js';
+import { couldNotOpen, namedFormat, prefixedError } from './errors.js';
 
 export interface DdFileOptions extends DdOptions {
   /** The input's format (-f); probed when absent. */
@@ -26,9 +25,6 @@ export interface DdFileOptions extends DdOptions {
   onWarning?: (message: string) => void;
 }
 
-const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-const wrap = (prefix: string, e: unknown): ImageError =>
-  new ImageError(isImageError(e) ? e.code : 'io', `${prefix}${messageOf(e)}`, { cause: e });
 
 /**
  * Copy the image file `input` into a new image file `output`, as qemu-img
@@ -41,16 +37,12 @@ const wrap = (prefix: string, e: unknown): ImageError =>
 export async function ddImageFile(input: string, output: string, opts: DdFileOptions = {}): Promise<void> {
   throwIfAborted(opts.signal);
   if (input === '') throw new ImageError('bad-argument', "Could not open '': The 'file' block driver requires a file name");
-  let format: ImageFormat | undefined;
-  if (opts.format !== undefined) {
-    format = parseFormatName(opts.format);
-    if (format === undefined) throw new ImageError('unsupported', `Could not open '${input}': Unknown driver '${opts.format}'`);
-  }
+  const format = namedFormat(input, opts.format);
   let src: Image;
   try {
     src = await openImageFile(input, { format, forceShare: opts.forceShare });
   } catch (e) {
-    throw wrap(`Could not open '${input}': `, e);
+    throw couldNotOpen(input, e);
   }
   let dst: Image | undefined;
   try {
@@ -61,12 +53,12 @@ export async function ddImageFile(input: string, output: string, opts: DdFileOpt
     try {
       await createFormattedOn(nodeHost, output, { format: descriptor.name, options: parseCreateOptions(descriptor.name, undefined), size: plan.outputSize });
     } catch (e) {
-      throw wrap(`${output}: error while creating output image: `, e);
+      throw prefixedError(`${output}: error while creating output image: `, e);
     }
     try {
       dst = await openImageFile(output, { format: descriptor.name, writable: true });
     } catch (e) {
-      throw wrap(`Could not open '${output}': `, e);
+      throw couldNotOpen(output, e);
     }
     if (plan.skipPastEnd) opts.onWarning?.(`${input}: cannot skip to specified offset`);
     await ddImage(src, dst, opts);

@@ -3,17 +3,17 @@
  * the new backing file opened relative to the image's directory (or taken
  * from the chain when it is a layer of it), then rebaseImage.
  */
-import type { ImageFormat } from '../block/driver.js';
 import { findFormat } from '../block/format.js';
 import type { Image } from '../block/image.js';
 import { parseFormatName } from '../block/probe.js';
-import { ImageError, isImageError } from '../errors.js';
+import { ImageError } from '../errors.js';
 import { dropsFlushes, parseCacheMode, type CacheMode } from '../io/cache.js';
 import { throwIfAborted, type OperationOptions } from '../ops/operation.js';
 import { rebaseImage } from '../ops/rebase.js';
 import { probedRawWarning } from './check.js';
 import { nodeHost, resolveImplicitPath } from './host.js';
 import { openImageFile } from './open.js';
+import { couldNotOpen, namedFormat, prefixedError } from './errors.js';
 
 export interface RebaseFileOptions extends OperationOptions {
   /** The image's format; probed when absent. */
@@ -34,9 +34,6 @@ export interface RebaseFileOptions extends OperationOptions {
   onWarning?: (message: string) => void;
 }
 
-const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-const wrap = (prefix: string, e: unknown): ImageError =>
-  new ImageError(isImageError(e) ? e.code : 'io', `${prefix}${messageOf(e)}`, { cause: e });
 
 /**
  * Rebase the image file at `path` onto `backingFile` ('' for none), as
@@ -56,17 +53,13 @@ export async function rebaseImageFile(path: string, backingFile: string, opts: R
   if (cache === undefined) throw new ImageError('bad-argument', `Invalid cache option: ${opts.cache}`);
   const unsafe = opts.unsafe ?? false;
 
-  let format: ImageFormat | undefined;
-  if (opts.format !== undefined) {
-    format = parseFormatName(opts.format);
-    if (format === undefined) throw new ImageError('unsupported', `Could not open '${path}': Unknown driver '${opts.format}'`);
-  }
+  const format = namedFormat(path, opts.format);
   let image: Image;
   try {
     // Unsafe mode never reads the backing files, so it does not open them (a missing one is fine).
     image = await openImageFile(path, { format, writable: true, backing: !unsafe, unsafe: dropsFlushes(cache) });
   } catch (e) {
-    throw wrap(`Could not open '${path}': `, e);
+    throw couldNotOpen(path, e);
   }
   if (format === undefined && image.format === 'raw') opts.onWarning?.(probedRawWarning(path));
   let newBacking: Image | null = null;
@@ -80,7 +73,7 @@ export async function rebaseImageFile(path: string, backingFile: string, opts: R
         try {
           newBacking = await openImageFile(resolved, { format: bfmt, forceShare: opts.forceShare });
         } catch (e) {
-          throw wrap(`Could not open new backing file '${backingFile}': `, e);
+          throw prefixedError(`Could not open new backing file '${backingFile}': `, e);
         }
         ownsNewBacking = true;
       }

@@ -4,10 +4,11 @@ import type { SnapshotInfo } from '../block/info.js';
 import { imagePermissions } from '../block/perms.js';
 import { PROBE_BYTES, probeFormat } from '../block/probe.js';
 import { applySnapshotOn, createSnapshotOn, deleteSnapshotOn, listSnapshotsOn } from '../block/snapshot.js';
-import { ImageError, isImageError } from '../errors.js';
+import { ImageError } from '../errors.js';
 import { FileStorage } from '../io/file.js';
 import { probedRawWarning } from './check.js';
 import { openImageFile } from './open.js';
+import { couldNotOpen } from './errors.js';
 
 export interface SnapshotFileOptions {
   /** Read even while another process writes the image (-U; listing only). */
@@ -81,23 +82,21 @@ async function withImageFile<T>(
   opts: SnapshotFileOptions,
   run: (storage: FileStorage, format: ImageFormat, probedRaw: boolean) => Promise<T>,
 ): Promise<T> {
-  const couldNotOpen = (e: unknown) =>
-    new ImageError(isImageError(e) ? e.code : 'io', `Could not open '${path}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-  if (opts.forceShare && writable) throw couldNotOpen(new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
+  if (opts.forceShare && writable) throw couldNotOpen(path, new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
   let format: ImageFormat;
   try {
     const img = await openImageFile(path, { writable, forceShare: opts.forceShare, backing: false });
     format = img.format;
     await img.close();
   } catch (e) {
-    throw couldNotOpen(e);
+    throw couldNotOpen(path, e);
   }
   if (writable && format === 'raw') opts.onWarning?.(probedRawWarning(path));
   let storage: FileStorage;
   try {
     storage = await FileStorage.open(path, { writable });
   } catch (e) {
-    throw couldNotOpen(e);
+    throw couldNotOpen(path, e);
   }
   try {
     await storage.setPermissions?.(imagePermissions(format, { writable, forceShare: opts.forceShare }));
@@ -107,7 +106,7 @@ async function withImageFile<T>(
     format = probeFormat(head);
   } catch (e) {
     await storage.close().catch(() => {});
-    throw couldNotOpen(e);
+    throw couldNotOpen(path, e);
   }
   try {
     return await run(storage, format, format === 'raw');
