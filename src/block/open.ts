@@ -12,7 +12,7 @@ import type { DriverContext, FormatDriver, ImageFormat } from './driver.js';
 import { formatDescriptor } from './format.js';
 import { BlockImage, type Image } from './image.js';
 import { dataFilePermissions, imagePermissions } from './perms.js';
-import { PROBE_BYTES, parseFormatName, probeFormat } from './probe.js';
+import { parseFormatName, probeStorage } from './probe.js';
 import { noTemporarySnapshots, type InternalSnapshotRef } from './snapshot.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
@@ -203,9 +203,7 @@ async function openDriver(
 ): Promise<FormatDriver> {
   let fmt = format;
   if (fmt === undefined) {
-    const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
-    await storage.read(head, 0);
-    fmt = probeFormat(head);
+    fmt = await probeStorage(storage);
   }
   const descriptor = formatDescriptor(fmt);
   if (opts.internalSnapshot !== undefined && !descriptor.snapshots) throw noTemporarySnapshots(fmt);

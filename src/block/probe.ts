@@ -4,6 +4,7 @@
  * A format named by the caller is never probed.
  */
 import type { ImageFormat } from './driver.js';
+import type { Storage } from '../io/storage.js';
 import { findFormat, registeredFormats } from './format.js';
 
 export const PROBE_BYTES = 512;
@@ -12,6 +13,13 @@ export const PROBE_BYTES = 512;
 export function probeFormat(head: Uint8Array): ImageFormat {
   for (const name of registeredFormats()) if (findFormat(name)!.probe?.(head)) return name;
   return 'raw';
+}
+
+/** Probe the format of the image in `storage` from its first bytes. */
+export async function probeStorage(storage: Storage): Promise<ImageFormat> {
+  const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
+  await storage.read(head, 0);
+  return probeFormat(head);
 }
 
 /** A format name the caller gave, if a registered format has it. */

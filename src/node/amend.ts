@@ -3,7 +3,7 @@ import { hasHelpOption } from '../block/create-options.js';
 import { findFormat } from '../block/format.js';
 import { OptionBag } from '../block/options.js';
 import { imagePermissions } from '../block/perms.js';
-import { parseFormatName, PROBE_BYTES, probeFormat } from '../block/probe.js';
+import { parseFormatName, probeStorage } from '../block/probe.js';
 import type { ImageFormat } from '../block/driver.js';
 import { ImageError } from '../errors.js';
 import { dropsFlushes, type CacheMode } from '../io/cache.js';
@@ -157,7 +157,5 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
     if (f === undefined) throw new ImageError('unsupported', `Unknown file format '${named}'`);
     return f;
   }
-  const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
-  await storage.read(head, 0);
-  return probeFormat(head);
+  return await probeStorage(storage);
 }

@@ -3,7 +3,7 @@ import { checkImageStorage, CheckNotSupportedError, emptyCounts, type CheckResul
 import type { ImageFormat } from '../block/driver.js';
 import { findFormat } from '../block/format.js';
 import { imagePermissions } from '../block/perms.js';
-import { parseFormatName, PROBE_BYTES, probeFormat } from '../block/probe.js';
+import { parseFormatName, probeStorage } from '../block/probe.js';
 import { strerror } from '../errno.js';
 import { ImageError, isImageError } from '../errors.js';
 import { dropsFlushes, type CacheMode } from '../io/cache.js';
@@ -94,9 +94,7 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
     if (f === undefined) throw new ImageError('unsupported', `Could not open '${path}': Unknown driver '${named}'`);
     return f;
   }
-  const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
-  await storage.read(head, 0);
-  return probeFormat(head);
+  return await probeStorage(storage);
 }
 
 /**

@@ -2,7 +2,7 @@
 import type { ImageFormat } from '../block/driver.js';
 import type { SnapshotInfo } from '../block/info.js';
 import { imagePermissions } from '../block/perms.js';
-import { PROBE_BYTES, probeFormat } from '../block/probe.js';
+import { probeStorage } from '../block/probe.js';
 import { applySnapshotOn, createSnapshotOn, deleteSnapshotOn, listSnapshotsOn } from '../block/snapshot.js';
 import { ImageError } from '../errors.js';
 import { FileStorage } from '../io/file.js';
@@ -101,9 +101,7 @@ async function withImageFile<T>(
   try {
     await storage.setPermissions?.(imagePermissions(format, { writable, forceShare: opts.forceShare }));
     // The format the contents say now (another process could have rewritten them).
-    const head = new Uint8Array(Math.min(PROBE_BYTES, await storage.size()));
-    await storage.read(head, 0);
-    format = probeFormat(head);
+    format = await probeStorage(storage);
   } catch (e) {
     await storage.close().catch(() => {});
     throw couldNotOpen(path, e);
