@@ -7,6 +7,7 @@
 import { ImageError } from '../errors.js';
 import type { Image } from '../block/image.js';
 import { throwIfAborted, type OperationOptions } from './operation.js';
+import { resizeImage } from './resize.js';
 
 /** qemu's mirror: bytes copied per request at most. */
 const MAX_IO = 1024 * 1024;
@@ -28,8 +29,8 @@ export interface CommitOptions extends OperationOptions {
 }
 
 /**
- * Commit `top` into its base. The base must be at least as large as the
- * top. The caller closes both images afterwards; after emptying, the top
+ * Commit `top` into its base. A base smaller than the top grows to the
+ * top's size. The caller closes both images afterwards; after emptying, the top
  * takes no more writes until reopened.
  *
  * @example
@@ -43,9 +44,8 @@ export async function commitImage(top: Image, opts: CommitOptions = {}): Promise
   const base = opts.base ?? top.backing;
   const layer = chainLayerOf(top, base);
   if (!layer) throw new ImageError('bad-argument', `Did not find '${base.filename}' in the backing chain of '${top.filename}'`);
-  if (base.size < top.size) {
-    throw new ImageError('unsupported', `The base image '${base.filename}' is smaller than '${top.filename}'; qimg does not grow it`);
-  }
+  // A smaller base grows to the top's size first, as qemu's commit job truncates it.
+  if (base.size < top.size) await resizeImage(base, top.size, { signal: opts.signal });
   // qemu's default dirty-bitmap granularity: the base's cluster size (4 KiB at least), or 64 KiB where it has none (raw).
   const clusterSize = (await base.info())['cluster-size'];
   const granularity = clusterSize === undefined ? MAX_GRANULARITY : Math.min(MAX_GRANULARITY, Math.max(MIN_GRANULARITY, clusterSize));

@@ -12,8 +12,9 @@ import { copyFileSync, openSync, closeSync, readSync, writeSync } from 'node:fs'
 import { join } from 'node:path';
 import { openImageFile, listBitmaps, addBitmap, mergeBitmap, removeBitmap } from '../../src/node.js';
 import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir } from '../helpers/tools.js';
+import { dirtyMap, haveNbdTools } from '../helpers/dirty-map.js';
 
-const haveNbd = spawnSync('nbdinfo', ['--version']).status === 0 && spawnSync('qemu-nbd', ['--version']).status === 0;
+const haveNbd = haveNbdTools;
 if (!haveNbd && process.env.CI) throw new Error('qemu-nbd and nbdinfo (libnbd-bin) are required when CI is set');
 
 const SIZE = 64 << 20;
@@ -33,17 +34,6 @@ function copy(src: string, dir: string, name: string): string {
   const f = join(dir, name);
   copyFileSync(src, f);
   return f;
-}
-
-/** The dirty extents of a bitmap as qemu reads them: `start length dirty|clean` lines. */
-function dirtyMap(file: string, bitmap: string): string {
-  const sock = `${file}.sock`;
-  // Without --persistent, qemu-nbd exits when nbdinfo disconnects.
-  const s = spawnSync('qemu-nbd', ['--fork', '-r', '-B', bitmap, '-k', sock, '-f', 'qcow2', file], { encoding: 'utf8' });
-  assert.equal(s.status, 0, s.stderr);
-  const r = spawnSync('nbdinfo', [`--map=qemu:dirty-bitmap:${bitmap}`, `nbd+unix:///?socket=${sock}`], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  return r.stdout;
 }
 
 /** The map a bitmap of granularity g must show after writes to `ranges`. */

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { lockingAvailable } from '../../src/io/locks.js';
 import { asQemu, qemuImg, qimg, requireTools } from '../helpers/tools.js';
 import { assertSameImage, assertSameOutput, twinRun } from '../helpers/side-by-side.js';
+import { dirtyMap, haveNbdTools } from '../helpers/dirty-map.js';
 
 const CHAIN = `
 qemu-img create -q -f qcow2 base.qcow2 4M; qemu-io -c 'write -P 1 0 2M' base.qcow2 >/dev/null
@@ -39,7 +40,28 @@ qemu-img create -q -f qed -b base.qed -F qed top.qed; qemu-io -c 'write -P 3 1M 
 qemu-img convert -O raw top.qed top.expected
 `;
 
-const cases: Array<{ name: string; setup: string; args: string[]; top: string; base: string; others?: string[]; topMap?: boolean }> = [
+// The top is larger than its base: the commit grows the base first, as qemu's commit job does.
+const SMALL_BASE = `
+qemu-img create -q -f qcow2 base.qcow2 1M; qemu-io -c 'write -P 1 0 1M' base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M; qemu-io -c 'write -P 3 3M 64k' -c 'write -P 4 512k 4k' top.qcow2 >/dev/null
+qemu-img convert -O raw top.qcow2 top.expected
+`;
+
+const SMALL_RAW_BASE = `
+qemu-img create -q -f raw base.raw 1M; qemu-io -f raw -c 'write -P 1 0 1M' base.raw >/dev/null
+qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2 3M; qemu-io -c 'write -P 3 2M 64k' top.qcow2 >/dev/null
+qemu-img convert -O raw top.qcow2 top.expected
+`;
+
+// The base carries persistent bitmaps: the enabled one records the committed writes, the disabled one does not.
+const BITMAP_BASE = `
+qemu-img create -q -f qcow2 base.qcow2 4M; qemu-io -c 'write -P 1 0 1M' base.qcow2 >/dev/null
+qemu-img bitmap --add base.qcow2 on; qemu-img bitmap --add base.qcow2 off; qemu-img bitmap --disable base.qcow2 off
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2; qemu-io -c 'write -P 3 2M 128k' -c 'write -z 512k 64k' top.qcow2 >/dev/null
+qemu-img convert -O raw top.qcow2 top.expected
+`;
+
+const cases: Array<{ name: string; setup: string; args: string[]; top: string; base: string; others?: string[]; topMap?: boolean; bitmaps?: string[] }> = [
   { name: 'qcow2 v3 chain of three into its backing file (top emptied)', setup: CHAIN, args: ['top.qcow2'], top: 'top.qcow2', base: 'mid.qcow2', others: ['base.qcow2'] },
   { name: 'with -d the top keeps its data', setup: CHAIN, args: ['-d', 'top.qcow2'], top: 'top.qcow2', base: 'mid.qcow2', others: ['base.qcow2'] },
   { name: '-b names the direct backing file (implies -d)', setup: CHAIN, args: ['-b', 'mid.qcow2', 'top.qcow2'], top: 'top.qcow2', base: 'mid.qcow2' },
@@ -48,6 +70,9 @@ const cases: Array<{ name: string; setup: string; args: string[]; top: string; b
   { name: 'qcow2 v2 (emptied by discarding)', setup: V2, args: ['top.qcow2'], top: 'top.qcow2', base: 'base.qcow2' },
   { name: 'qcow2 over a raw base', setup: RAW_BASE, args: ['-q', 'top.qcow2'], top: 'top.qcow2', base: 'base.raw' },
   { name: 'QED (which qemu cannot empty)', setup: QED, args: ['top.qed'], top: 'top.qed', base: 'base.qed' },
+  { name: 'into a smaller qcow2 base (grown first)', setup: SMALL_BASE, args: ['top.qcow2'], top: 'top.qcow2', base: 'base.qcow2' },
+  { name: 'into a smaller raw base (grown first)', setup: SMALL_RAW_BASE, args: ['top.qcow2'], top: 'top.qcow2', base: 'base.raw' },
+  { name: 'into a base with persistent bitmaps', setup: BITMAP_BASE, args: ['top.qcow2'], top: 'top.qcow2', base: 'base.qcow2', bitmaps: ['on', 'off'] },
   { name: 'rate limited, unsafe cache', setup: CHAIN, args: ['-r', '100M', '-t', 'unsafe', 'top.qcow2'], top: 'top.qcow2', base: 'mid.qcow2' },
 ];
 
@@ -66,6 +91,11 @@ for (const c of cases) {
     // The top still reads the same through the chain.
     const topNow = qemuImg(['compare', '-U', c.top, 'top.expected'], { cwd: twins.ours });
     assert.equal(topNow.status, 0, `${c.top} after commit: ${topNow.stdout}${topNow.stderr}`);
+    // The base's bitmaps record exactly what qemu's commit records in them.
+    for (const b of c.bitmaps ?? []) {
+      if (!haveNbdTools) assert.fail('qemu-nbd and nbdinfo are needed to read bitmaps');
+      assert.equal(dirtyMap(join(twins.ours, c.base), b), dirtyMap(join(twins.qemu, c.base), b), `bitmap ${b} of ${c.base}`);
+    }
   });
 }
 
