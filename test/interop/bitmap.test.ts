@@ -143,6 +143,24 @@ test('qimg io keeps the bitmaps and dirties what it writes, as qemu-io does', { 
   for (const b of ['b1', 'b2', 'b3']) assert.equal(dirtyMap(ours, b), dirtyMap(theirs, b), b);
 });
 
+test('bitmaps follow a resize of the open image (grow, shrink, grow) and record writes past the old end, as qemu-io does', { skip: !haveNbd }, (t) => {
+  if (!requireTools(t)) return;
+  const dir = tmpDir();
+  const base = fixture(dir);
+  const ours = copy(base, dir, 'ours.qcow2');
+  const theirs = copy(base, dir, 'theirs.qcow2');
+  const cmds = ['write -P 1 60M 1M', 'truncate 80M', 'write -P 2 70M 64k', 'truncate 40M', 'truncate 96M', 'write -P 3 90M 4k'];
+  const args = cmds.flatMap((c) => ['-c', c]);
+  const a = qimg(['io', ...args, ours]);
+  assert.equal(a.status, 0, a.stderr);
+  assert.equal(qemuIo([...args, theirs]).status, 0);
+  assert.deepEqual(infoJson(ours), infoJson(theirs));
+  assertClean(ours);
+  // The shrink dropped the 60M and 70M writes' bits; the 90M write, past the first size, is recorded.
+  assert.match(dirtyMap(ours, 'b2'), /94371840\s+4096\s+1\s+dirty/);
+  for (const b of ['b1', 'b2', 'b3']) assert.equal(dirtyMap(ours, b), dirtyMap(theirs, b), b);
+});
+
 test('library writes dirty the enabled bitmaps; the image stays clean for qemu', { skip: !haveNbd }, async (t) => {
   if (!requireTools(t)) return;
   const dir = tmpDir();

@@ -65,6 +65,21 @@ export class DirtyBitmap implements BitmapBits {
     this.changed = true;
   }
 
+  /**
+   * This bitmap for an image resized to `size`: granules that remain keep
+   * their bits, new ones start clean, and the bits of granules past a
+   * smaller end are dropped (as qemu's bitmaps follow a truncate).
+   */
+  resized(size: number): DirtyBitmap {
+    const next = new DirtyBitmap(size, this.granularityBits);
+    const granules = Math.ceil(Math.min(size, this.size) / this.granularity);
+    const whole = Math.floor(granules / 8);
+    next.bits.set(this.bits.subarray(0, whole));
+    for (let g = whole * 8; g < granules; g++) if (this.isSet(g)) next.bits[g >> 3]! |= 1 << (g & 7);
+    next.changed = true;
+    return next;
+  }
+
   isSet(granule: number): boolean {
     return (this.bits[Math.floor(granule / 8)]! & (1 << (granule & 7))) !== 0;
   }

@@ -41,7 +41,7 @@ export class PersistentBitmaps implements PersistentBitmapSet {
 
   private constructor(
     readonly bitmaps: LoadedBitmap[],
-    private readonly size: number,
+    private size: number,
     private readonly clusterSize: number,
     ext: BitmapsExtension | undefined,
     private readonly version: 2 | 3,
@@ -139,6 +139,30 @@ export class PersistentBitmaps implements PersistentBitmapSet {
   markDirty(offset: number, length: number): void {
     for (const b of this.bitmaps) {
       if (b.data && b.entry.flags & C.BME_FLAG_AUTO) b.data.set(offset, length);
+    }
+  }
+
+  /** Refuse, before anything changes, a size whose bitmaps would not fit the memory bound. */
+  checkResize(size: number): void {
+    let memory = 0;
+    for (const b of this.bitmaps) if (b.data) memory += serializedBytes(size, b.entry.granularityBits);
+    if (memory > MAX_BITMAP_MEMORY) throw new ImageError('io', 'Could not resize the dirty bitmaps: Cannot allocate memory', { errno: 'ENOMEM' });
+  }
+
+  /**
+   * Follow a resize of the image: each consistent bitmap keeps its bits
+   * for the guest bytes that remain and covers the new size (stored with
+   * the new table size on the next store). A bitmap found in-use is kept
+   * as it is: it is never trusted, and only removing it clears it.
+   */
+  resize(size: number): void {
+    this.checkResize(size);
+    if (size === this.size) return;
+    this.size = size;
+    for (const b of this.bitmaps) {
+      if (!b.data) continue;
+      b.data = b.data.resized(size);
+      b.entry.tableSize = tableEntries(size, b.entry.granularityBits, this.clusterSize);
     }
   }
 

@@ -367,6 +367,7 @@ export class Qcow2Driver implements FormatDriver {
       size: this.size,
     };
     checkQcow2Resize(parts, newSize, req.preallocation);
+    this.bitmaps?.checkResize(newSize);
     if (newSize === this.size && req.preallocation === 'off') return;
     await this.markCorruptOnError(async () => {
       if (newSize >= this.size) {
@@ -378,6 +379,7 @@ export class Qcow2Driver implements FormatDriver {
       }
     });
     this.size = newSize;
+    this.bitmaps?.resize(newSize);
   }
 
   async discard(offset: number, length: number): Promise<void> {
