@@ -129,6 +129,8 @@ export interface DriverContext {
   probed?: boolean;
   /** Read the guest contents as of this internal snapshot (read-only opens). */
   internalSnapshot?: InternalSnapshotRef;
+  /** Where the lines qemu prints on stderr while opening go (see OpenOptions.onWarning). */
+  onWarning?: (message: string) => void;
 }
 
 export type DriverOpener = (ctx: DriverContext) => Promise<FormatDriver>;

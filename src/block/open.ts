@@ -98,6 +98,12 @@ export interface OpenOptions {
    * Read-only; the backing chain opens as usual.
    */
   internalSnapshot?: InternalSnapshotRef;
+  /**
+   * Receives what qemu's block layer prints on stderr while opening: the
+   * lines of the refcount repair a writable open of a dirty qcow2 image
+   * runs, each line ending in a newline. Not called otherwise.
+   */
+  onWarning?: (message: string) => void;
 }
 
 /** Writes a new empty overlay image over a backing file into `storage` (snapshot mode). */
@@ -218,6 +224,7 @@ async function openDriver(
     metadataOnly: opts.metadataOnly ?? false,
     probed: format === undefined,
     internalSnapshot: opts.internalSnapshot,
+    onWarning: opts.onWarning,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
       // qemu names the data file's node by the name the image records (it

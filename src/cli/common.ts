@@ -55,7 +55,7 @@ export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<
     if (format === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${opts.format}'`, code);
   }
   try {
-    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare, writable: opts.writable });
+    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare, writable: opts.writable, onWarning: err });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
   }

@@ -17,6 +17,7 @@ import type { ImageFormat } from '../block/driver.js';
 import { nodeHost, resolveImplicitPath } from './host.js';
 import { openImageFile } from './open.js';
 import { couldNotOpen, namedFormat } from './errors.js';
+import { probedRawWarning } from './check.js';
 
 export interface CommitFileOptions extends OperationOptions {
   /** The top image's format (-f); probed when absent. */
@@ -33,6 +34,8 @@ export interface CommitFileOptions extends OperationOptions {
   cache?: CacheMode | string;
   /** Bytes per second written into the base at most (-r). */
   rateLimit?: number;
+  /** Receives qemu's warnings (a probed raw image opened for writing). */
+  onWarning?: (message: string) => void;
 }
 
 
@@ -53,7 +56,7 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
   const format = namedFormat(path, opts.format);
 
   // Which file is the base: the chain's names, looked at without locking anything against writers.
-  let target: { path: string; format: ImageFormat };
+  let target: { path: string; format: ImageFormat } | undefined;
   {
     let probe: Image;
     try {
@@ -61,17 +64,27 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
     } catch (e) {
       throw couldNotOpen(path, e);
     }
+    if (format === undefined && probe.format === 'raw') opts.onWarning?.(probedRawWarning(path));
     try {
-      const found = await findBase(probe, path, opts.base);
-      target = { path: found.filename, format: found.format };
+      const found = probe.backing ? await findBase(probe, path, opts.base) : undefined;
+      target = found && { path: found.filename, format: found.format };
     } finally {
       await probe.close().catch(() => {});
     }
   }
+  if (!target) {
+    // qemu opens the image for writing before it finds no backing file: a dirty image is repaired all the same.
+    try {
+      await (await openImageFile(path, { format, writable: true, backing: false, unsafe, onWarning: opts.onWarning })).close();
+    } catch (e) {
+      throw couldNotOpen(path, e);
+    }
+    throw new ImageError('bad-argument', 'Image does not have a backing file');
+  }
 
   let base: Image;
   try {
-    base = await openImageFile(target.path, { format: target.format, writable: true, backing: false, unsafe });
+    base = await openImageFile(target.path, { format: target.format, writable: true, backing: false, unsafe, onWarning: opts.onWarning });
   } catch (e) {
     // qemu finds a base in use when the commit job asks for write permission: the lock message alone.
     if (isImageError(e, 'locked')) throw e;
@@ -85,7 +98,7 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
       openStorage: async (p, o) => ((await nodeHost.identity(p)) === baseId ? shared(base.driver.storage) : nodeHost.openStorage(p, o)),
     };
     try {
-      top = await openImageFile(path, { format, writable: true, unsafe, host });
+      top = await openImageFile(path, { format, writable: true, unsafe, host, onWarning: opts.onWarning });
     } catch (e) {
       throw couldNotOpen(path, e);
     }

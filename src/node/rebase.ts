@@ -57,7 +57,7 @@ export async function rebaseImageFile(path: string, backingFile: string, opts: R
   let image: Image;
   try {
     // Unsafe mode never reads the backing files, so it does not open them (a missing one is fine).
-    image = await openImageFile(path, { format, writable: true, backing: !unsafe, unsafe: dropsFlushes(cache) });
+    image = await openImageFile(path, { format, writable: true, backing: !unsafe, unsafe: dropsFlushes(cache), onWarning: opts.onWarning });
   } catch (e) {
     throw couldNotOpen(path, e);
   }

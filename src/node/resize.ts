@@ -9,6 +9,8 @@ import { openImageFile } from './open.js';
 export interface ResizeFileOptions extends ResizeOptions {
   /** The image's format; probed when absent. */
   format?: string;
+  /** Receives what qemu prints on stderr while opening (a dirty image's repair). */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -34,7 +36,7 @@ export async function resizeImageFile(path: string, size: number | string, opts:
   }
   const format = opts.format === undefined ? undefined : parseFormatName(opts.format);
   if (opts.format !== undefined && format === undefined) throw new ImageError('unsupported', `Unknown driver '${opts.format}'`);
-  const image = await openImageFile(path, { format, writable: true });
+  const image = await openImageFile(path, { format, writable: true, onWarning: opts.onWarning });
   try {
     await resizeImage(image, resolveResizeSize(image.size, amount, sign), opts);
     return image.size;

@@ -85,7 +85,7 @@ async function withImageFile<T>(
   if (opts.forceShare && writable) throw couldNotOpen(path, new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
   let format: ImageFormat;
   try {
-    const img = await openImageFile(path, { writable, forceShare: opts.forceShare, backing: false });
+    const img = await openImageFile(path, { writable, forceShare: opts.forceShare, backing: false, onWarning: opts.onWarning });
     format = img.format;
     await img.close();
   } catch (e) {

@@ -126,7 +126,7 @@ export async function cmdBench(args: string[]): Promise<number> {
   if (nativeAio && cache !== 'none' && cache !== 'directsync') {
     throw new CliError(`Could not open '${path}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
   }
-  const image = await openImageFile(path, { format: fmt, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U') }).catch((e: unknown) => {
+  const image = await openImageFile(path, { format: fmt, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U'), onWarning: (m) => process.stderr.write(`${m}\n`) }).catch((e: unknown) => {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
   });
   try {

@@ -1,6 +1,6 @@
 /** qemu-img commit: write an overlay's changes into its backing file. */
 import { commitImageFile, isImageError, parseSize } from '../../node.js';
-import { CliError, cvtnum, out, Progress } from '../common.js';
+import { CliError, cvtnum, err, out, Progress } from '../common.js';
 import { getopt, UsageError } from '../options.js';
 
 export const commitHelp = `usage: qimg commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
@@ -76,6 +76,7 @@ export async function cmdCommit(args: string[]): Promise<number> {
       base,
       drop,
       rateLimit,
+      onWarning: (m) => err(m),
       onProgress: (done, total) => meter.print(total === 0 ? 100 : (done / total) * 100, 0),
     });
   } catch (e) {

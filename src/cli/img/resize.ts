@@ -98,7 +98,7 @@ export async function cmdResize(argv: string[]): Promise<number> {
   }
   let img: Image;
   try {
-    img = await openImageFile(path, { format: fmt, writable: true });
+    img = await openImageFile(path, { format: fmt, writable: true, onWarning: err });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
   }

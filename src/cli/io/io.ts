@@ -848,7 +848,7 @@ export async function cmdIo(args: string[]): Promise<number> {
   let img: Image;
   try {
     // qemu-io opens read-write unless -r is given; -s puts writes in a temporary overlay.
-    img = await openImageFile(path, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U') });
+    img = await openImageFile(path, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U'), onWarning: err });
   } catch (e) {
     throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
   }

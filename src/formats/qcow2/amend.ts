@@ -119,7 +119,7 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, onProgres
   }
   if (refcountBits !== 1 << h.refcountOrder) throw unsupported('Changing the refcount width is not supported by qimg yet');
   if (a.size !== undefined && a.size !== h.size) throw unsupported('Resizing with amend is not supported by qimg yet; use qimg resize');
-  if (newVersion < oldVersion) checkDowngrade(h);
+  if (newVersion < oldVersion) await checkDowngrade(storage, h);
 
   const next: Qcow2Header = { ...h, extensions: { ...h.extensions } };
   if (newVersion > oldVersion) upgradeToV3(next);

@@ -16,14 +16,36 @@ import { readSnapshots } from './snapshot.js';
 const TWO_32 = 0x1_0000_0000;
 
 /** qemu's refusals for a downgrade of `h`, before anything is written. */
-export function checkDowngrade(h: Qcow2Header): void {
+export async function checkDowngrade(storage: Storage, h: Qcow2Header): Promise<void> {
   if (h.refcountOrder !== 4) throw new ImageError('bad-argument', 'compat=0.10 requires refcount_bits=16');
   if (h.incompatibleFeatures & BigInt(C.INCOMPAT_DATA_FILE)) throw new ImageError('bad-argument', 'Cannot downgrade an image with a data file');
   const other = h.incompatibleFeatures & ~BigInt(C.INCOMPAT_DIRTY | C.INCOMPAT_DATA_FILE);
   if (other & ~BigInt(C.INCOMPAT_COMPRESSION)) {
     throw new ImageError('bad-argument', `Cannot downgrade an image with incompatible features 0x${other.toString(16)} set`);
   }
-  if (h.compressionType !== C.COMPRESSION_ZLIB) throw new ImageError('unsupported', 'Downgrading an image with zstd compression is not supported');
+  // v2 knows only zlib: an image whose guest data holds no compressed cluster simply becomes zlib (as qemu does).
+  if (h.compressionType !== C.COMPRESSION_ZLIB && (await hasCompressedClusters(storage, h))) {
+    throw new ImageError('unsupported', 'Cannot downgrade an image with zstd compression type and existing compressed clusters');
+  }
+}
+
+/** Whether the active L1 table maps any compressed cluster (qemu looks at the guest's block status only, not at snapshots). */
+async function hasCompressedClusters(storage: Storage, h: Qcow2Header): Promise<boolean> {
+  const cs = h.clusterSize;
+  const l1 = new Uint8Array(h.l1Size * C.L1_ENTRY_SIZE);
+  await storage.read(l1, h.l1TableOffset);
+  const l1v = new DataView(l1.buffer);
+  const l2 = new Uint8Array(cs);
+  const v = new DataView(l2.buffer);
+  for (let i = 0; i < h.l1Size; i++) {
+    const l2Offset = entryOffset(l1v.getUint32(8 * i, false), l1v.getUint32(8 * i + 4, false));
+    if (l2Offset === 0) continue;
+    await storage.read(l2, l2Offset);
+    for (let j = 0; j < cs / C.L2_ENTRY_SIZE; j++) {
+      if (clusterType(v.getUint32(8 * j, false), v.getUint32(8 * j + 4, false), false, false) === Cluster.COMPRESSED) return true;
+    }
+  }
+  return false;
 }
 
 /** Expand the zero clusters of every L1 table, then rewrite the header as v2. */
@@ -104,6 +126,7 @@ export async function downgradeQcow2(storage: Storage, h: Qcow2Header, onProgres
     refcountTableOffset: tableOffset,
     refcountTableClusters: tableClusters,
     version: 2,
+    compressionType: C.COMPRESSION_ZLIB,
     incompatibleFeatures: 0n,
     compatibleFeatures: 0n,
     autoclearFeatures: 0n,

@@ -569,6 +569,8 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     if (r.failed !== undefined || r.checkErrors > 0) {
       throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
     }
+    // qemu's check prints each repair as it makes it.
+    if (r.messages.length > 0) ctx.onWarning?.(r.messages.map((m) => `${m}\n`).join(''));
     header = await readHeader(storage, { writable: true });
   }
   const fileSize = await storage.size();
