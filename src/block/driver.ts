@@ -62,6 +62,12 @@ export interface FormatDriver {
   readonly writable: boolean;
   /** The backing file the image names, if any. */
   readonly backing?: BackingRef;
+  /**
+   * Writes must start and end on multiples of this (an encrypted image's
+   * cipher sector); the generic layer turns other writes into aligned
+   * read-modify-writes. Absent: any byte range.
+   */
+  readonly requestAlignment?: number;
 
   getMapping(offset: number, maxLength: number): Promise<Mapping>;
   /** Read [offset, offset + into.length) from a range getMapping called compressed. */

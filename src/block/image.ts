@@ -6,6 +6,7 @@
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import type { FormatDriver, ImageFormat, Mapping } from './driver.js';
+import { RangeLock } from './locks.js';
 import type { ImageInfo } from './info.js';
 
 /**
@@ -96,27 +97,88 @@ export class BlockImage implements Image {
 
   async write(offset: number, data: Uint8Array, opts?: { compressed?: boolean }): Promise<void> {
     this.checkRange(offset, data.length);
-    if (!this.driver.writable || !this.driver.write) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
-    if (data.length > 0) await this.driver.write(offset, data, opts);
+    const write = this.writer();
+    if (data.length === 0) return;
+    const a = this.alignment;
+    if (a === 1) return write(offset, data, opts);
+    const start = offset - (offset % a);
+    const end = alignUp(offset + data.length, a);
+    return this.aligned.run(start, end, async () => {
+      if (start === offset && end === offset + data.length) return write(offset, data, opts);
+      await write(start, await this.merged(start, end, offset, data), opts);
+    });
   }
 
   async writeZeroes(offset: number, length: number, opts?: { mayUnmap?: boolean }): Promise<void> {
     this.checkRange(offset, length);
-    if (!this.driver.writable || !this.driver.write) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    const write = this.writer();
     if (length === 0) return;
-    if (this.driver.writeZeroes) return this.driver.writeZeroes(offset, length, { mayUnmap: opts?.mayUnmap ?? false });
+    const a = this.alignment;
+    if (a === 1) return this.zeroes(offset, length, opts?.mayUnmap ?? false);
+    // Whole sectors are zeroed as such; a partial head or tail sector is rewritten with zeros in it.
+    const start = offset - (offset % a);
+    const end = alignUp(offset + length, a);
+    return this.aligned.run(start, end, async () => {
+      const innerStart = alignUp(offset, a);
+      const innerEnd = offset + length - ((offset + length) % a);
+      if (innerStart >= innerEnd) {
+        await write(start, await this.merged(start, end, offset, new Uint8Array(length)));
+        return;
+      }
+      if (start < offset) await write(start, await this.merged(start, innerStart, offset, new Uint8Array(innerStart - offset)));
+      await this.zeroes(innerStart, innerEnd - innerStart, opts?.mayUnmap ?? false);
+      if (innerEnd < offset + length) await write(innerEnd, await this.merged(innerEnd, end, innerEnd, new Uint8Array(offset + length - innerEnd)));
+    });
+  }
+
+  /** The driver's write, or the read-only refusal. */
+  private writer(): NonNullable<FormatDriver['write']> {
+    const d = this.driver;
+    if (!d.writable || !d.write) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    return d.write.bind(d);
+  }
+
+  /** The driver's request alignment (encrypted images: the cipher's sector), 1 for byte-granular drivers. */
+  private get alignment(): number {
+    return this.driver.requestAlignment ?? 1;
+  }
+
+  /**
+   * Sector-aligned requests of a driver with a request alignment hold their
+   * aligned range, so a read-modify-write of a partial sector never
+   * interleaves with another write to it (qemu's serialising requests).
+   */
+  private readonly aligned = new RangeLock();
+
+  /** [start, end) as the guest reads it, with `data` laid over it at `offset`. */
+  private async merged(start: number, end: number, offset: number, data: Uint8Array): Promise<Uint8Array> {
+    const buf = new Uint8Array(end - start);
+    const a = this.alignment;
+    if (start < offset) await this.read(start, buf.subarray(0, a));
+    if (offset + data.length < end) await this.read(end - a, buf.subarray(buf.length - a));
+    buf.set(data, offset - start);
+    return buf;
+  }
+
+  private async zeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    if (this.driver.writeZeroes) return this.driver.writeZeroes(offset, length, { mayUnmap });
     // No native zeroing: write explicit zeros, a bounded buffer at a time.
+    const write = this.writer();
     const chunk = new Uint8Array(Math.min(length, 1 << 20));
     for (let pos = 0; pos < length; pos += chunk.length) {
       const n = Math.min(chunk.length, length - pos);
-      await this.driver.write(offset + pos, chunk.subarray(0, n));
+      await write(offset + pos, chunk.subarray(0, n));
     }
   }
 
   async discard(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     if (!this.driver.writable) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
-    if (length > 0) await this.driver.discard?.(offset, length);
+    // Discard is advisory: with a request alignment only the whole sectors inside the range go.
+    const a = this.alignment;
+    const start = alignUp(offset, a);
+    const end = offset + length - ((offset + length) % a);
+    if (end > start) await this.driver.discard?.(start, end - start);
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
@@ -279,3 +341,5 @@ export async function* extents(image: Image, offset = 0, length = image.size - o
     pos += e.length;
   }
 }
+
+const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
