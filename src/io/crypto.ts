@@ -4,7 +4,7 @@
  * OpenSSL lacks or leaves to its legacy provider (Serpent, Twofish, CAST5, and
  * RIPEMD-160 when the build has none).
  */
-import { createCipheriv, createDecipheriv, createHash, getHashes, pbkdf2 as nodePbkdf2, randomFillSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, getCiphers, getHashes, pbkdf2 as nodePbkdf2, randomFillSync } from 'node:crypto';
 import { blockSectorCipher, checkCipherKey, essivBlockCipher } from '../crypto/block-sector-cipher.js';
 import { portableBlockCipher } from '../crypto/ciphers.js';
 import { ivGenerator } from '../crypto/ivgen.js';
@@ -21,6 +21,7 @@ import {
 } from '../crypto/sector-cipher.js';
 
 const nodeHashes = new Set(getHashes());
+const nodeCiphers = new Set(getCiphers());
 const hasHash = (hash: HashAlg): boolean => nodeHashes.has(hash) && probeHash(hash);
 
 function probeHash(hash: HashAlg): boolean {
@@ -104,7 +105,8 @@ export const nodeCrypto: CryptoProvider = {
   sectorCipher(spec, key) {
     // OpenSSL refuses XTS keys whose two halves are equal (IEEE 1619 allows them).
     const sameHalves = spec.mode === 'xts' && equalHalves(key);
-    if (cipherFamily(spec.alg) === 'aes' && !sameHalves) return nodeAesSectorCipher(spec, key);
+    // OpenSSL has no aes-192-xts.
+    if (cipherFamily(spec.alg) === 'aes' && !sameHalves && nodeCiphers.has(opensslName(spec))) return nodeAesSectorCipher(spec, key);
     return blockSectorCipher(spec, key, portableBlockCipher, digest);
   },
   pbkdf2Rate: (hash) => measurePbkdf2Rate(pbkdf2, hash),
