@@ -31,6 +31,10 @@ const MATRIX: QemuLuksOptions[] = [
   { cipherAlg: 'aes-128', cipherMode: 'ecb', ivgenAlg: 'plain64', hashAlg: 'md5' },
   { cipherAlg: 'aes-256', cipherMode: 'ctr', ivgenAlg: 'essiv', ivgenHashAlg: 'sha256', hashAlg: 'ripemd160' },
   { cipherAlg: 'aes-128', cipherMode: 'cbc', ivgenAlg: 'essiv', ivgenHashAlg: 'md5', hashAlg: 'sha256' },
+  { cipherAlg: 'serpent-256', cipherMode: 'cbc', ivgenAlg: 'essiv', ivgenHashAlg: 'sha256', hashAlg: 'sha1' },
+  { cipherAlg: 'serpent-128', cipherMode: 'xts', ivgenAlg: 'plain64', hashAlg: 'sha256' },
+  { cipherAlg: 'serpent-192', cipherMode: 'xts', ivgenAlg: 'plain', hashAlg: 'sha256' },
+  { cipherAlg: 'serpent-128', cipherMode: 'ctr', ivgenAlg: 'essiv', ivgenHashAlg: 'md5', hashAlg: 'sha256' },
 ];
 
 const providers: [string, CryptoProvider][] = [
