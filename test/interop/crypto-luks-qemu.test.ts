@@ -35,6 +35,9 @@ const MATRIX: QemuLuksOptions[] = [
   { cipherAlg: 'serpent-128', cipherMode: 'xts', ivgenAlg: 'plain64', hashAlg: 'sha256' },
   { cipherAlg: 'serpent-192', cipherMode: 'xts', ivgenAlg: 'plain', hashAlg: 'sha256' },
   { cipherAlg: 'serpent-128', cipherMode: 'ctr', ivgenAlg: 'essiv', ivgenHashAlg: 'md5', hashAlg: 'sha256' },
+  { cipherAlg: 'twofish-256', cipherMode: 'xts', ivgenAlg: 'essiv', ivgenHashAlg: 'sha256', hashAlg: 'sha256' },
+  { cipherAlg: 'twofish-128', cipherMode: 'cbc', ivgenAlg: 'plain64', hashAlg: 'sha1' },
+  { cipherAlg: 'twofish-128', cipherMode: 'ecb', ivgenAlg: 'plain', hashAlg: 'md5' },
 ];
 
 const providers: [string, CryptoProvider][] = [
