@@ -5,6 +5,7 @@
  */
 import { ImageError } from '../errors.js';
 import { readBE32, writeBE32 } from './block-cipher.js';
+import { luksAlgorithms } from './luks-spec.js';
 
 export const LUKS_MAGIC = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe] as const; // "LUKS\xba\xbe"
 export const LUKS_HEADER_SIZE = 592;
@@ -24,6 +25,8 @@ export const LUKS_SECTOR = 512;
  * room for long iter-times while bounding a hostile header to about a minute.
  */
 export const MAX_PBKDF2_ITERATIONS = 1 << 26;
+/** The largest master key any supported cipher takes (256-bit XTS). */
+const MAX_KEY_BYTES = 64;
 
 export interface LuksKeySlot {
   active: boolean;
@@ -113,6 +116,9 @@ export function decodeLuksHeader(buf: Uint8Array): LuksHeader {
     uuid: cString(buf, 168, 40, 'uuid'),
     slots,
   };
+  // An absurd key size is reported as the unsupported algorithm it names
+  // (what qemu reports, its u32 area arithmetic having wrapped to zero).
+  if (h.keyBytes > MAX_KEY_BYTES) luksAlgorithms(h);
   checkLuksLayout(h, slotStates);
   return h;
 }
