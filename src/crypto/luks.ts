@@ -26,6 +26,7 @@ import { cipherKeyLength, validateCipherSpec, type CipherSpec, type SectorCipher
 export type { LuksHeader, LuksKeySlot } from './luks-header.js';
 export { MAX_PBKDF2_ITERATIONS } from './luks-header.js';
 export { luksAlgorithms } from './luks-spec.js';
+export { amendLuksSlots, type LuksAmendOptions, type LuksAmendResult } from './luks-amend.js';
 
 /** Decode a LUKS1 header and check it as qemu does on open (layout, then algorithm names). */
 export function parseLuksHeader(buf: Uint8Array): LuksHeader {
@@ -87,6 +88,19 @@ async function tryKeySlot(
   const candidate = afMerge(alg.hash, p.digest.bind(p), padded, h.keyBytes, slot.stripes);
   const digest = await p.pbkdf2(alg.hash, candidate, h.mkDigestSalt, h.mkDigestIter, LUKS_DIGEST_SIZE);
   return equalBytes(digest, h.mkDigest) ? candidate : undefined;
+}
+
+/** Whether `passphrase` opens key slot `index` (the master-key digest matches). */
+export async function slotOpensWith(
+  h: LuksHeader,
+  index: number,
+  alg: { spec: CipherSpec; hash: HashAlg },
+  passphrase: Uint8Array,
+  readAt: ReadAt,
+  p: CryptoProvider,
+): Promise<boolean> {
+  const slot = h.slots[index]!;
+  return slot.active && (await tryKeySlot(h, slot, index, alg, passphrase, readAt, p)) !== undefined;
 }
 
 function copyPadded(b: Uint8Array): Uint8Array {
