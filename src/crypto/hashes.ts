@@ -18,5 +18,5 @@ export function portablePbkdf2(
   iterations: number,
   keyLength: number,
 ): Promise<Uint8Array> {
-  return pbkdf2Async(HASHES[hash], password, salt, { c: iterations, dkLen: keyLength, asyncTick: 10 });
+  return pbkdf2Async(HASHES[hash], password, salt, { c: iterations, dkLen: keyLength, asyncTick: 20 });
 }

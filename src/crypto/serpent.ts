@@ -27,19 +27,46 @@ const PHI = 0x9e3779b9;
 const rotl = (x: number, n: number): number => ((x << n) | (x >>> (32 - n))) >>> 0;
 const rotr = (x: number, n: number): number => ((x >>> n) | (x << (32 - n))) >>> 0;
 
+/**
+ * The S-box applied to four adjacent bit positions at once: index = the four
+ * words' nibbles at those positions (x0 lowest), value = the output nibbles
+ * in the same arrangement. 64 Ki entries per box, built on first use.
+ */
+const WIDE = new Map<readonly number[], Uint16Array>();
+function wideBox(box: readonly number[]): Uint16Array {
+  let t = WIDE.get(box);
+  if (t) return t;
+  t = new Uint16Array(65536);
+  for (let idx = 0; idx < 65536; idx++) {
+    let out = 0;
+    for (let p = 0; p < 4; p++) {
+      const nibble = ((idx >>> p) & 1) | (((idx >>> (4 + p)) & 1) << 1) | (((idx >>> (8 + p)) & 1) << 2) | (((idx >>> (12 + p)) & 1) << 3);
+      const v = box[nibble]!;
+      out |= ((v & 1) << p) | (((v >>> 1) & 1) << (4 + p)) | (((v >>> 2) & 1) << (8 + p)) | (((v >>> 3) & 1) << (12 + p));
+    }
+    t[idx] = out;
+  }
+  WIDE.set(box, t);
+  return t;
+}
+
 /** Apply a 4-bit S-box to every bit position of the words x[0..3] (x[0] holds the low bit). */
 function sboxWords(box: readonly number[], x: Uint32Array): void {
+  const t = wideBox(box);
+  const x0 = x[0]!;
+  const x1 = x[1]!;
+  const x2 = x[2]!;
+  const x3 = x[3]!;
   let y0 = 0;
   let y1 = 0;
   let y2 = 0;
   let y3 = 0;
-  const [x0, x1, x2, x3] = [x[0]!, x[1]!, x[2]!, x[3]!];
-  for (let j = 0; j < 32; j++) {
-    const v = box[((x0 >>> j) & 1) | (((x1 >>> j) & 1) << 1) | (((x2 >>> j) & 1) << 2) | (((x3 >>> j) & 1) << 3)]!;
-    y0 |= (v & 1) << j;
-    y1 |= ((v >>> 1) & 1) << j;
-    y2 |= ((v >>> 2) & 1) << j;
-    y3 |= ((v >>> 3) & 1) << j;
+  for (let j = 0; j < 32; j += 4) {
+    const v = t[((x0 >>> j) & 15) | (((x1 >>> j) & 15) << 4) | (((x2 >>> j) & 15) << 8) | (((x3 >>> j) & 15) << 12)]!;
+    y0 |= (v & 15) << j;
+    y1 |= ((v >>> 4) & 15) << j;
+    y2 |= ((v >>> 8) & 15) << j;
+    y3 |= ((v >>> 12) & 15) << j;
   }
   x[0] = y0 >>> 0;
   x[1] = y1 >>> 0;
@@ -48,7 +75,10 @@ function sboxWords(box: readonly number[], x: Uint32Array): void {
 }
 
 function linear(x: Uint32Array): void {
-  let [x0, x1, x2, x3] = [x[0]!, x[1]!, x[2]!, x[3]!];
+  let x0 = x[0]!;
+  let x1 = x[1]!;
+  let x2 = x[2]!;
+  let x3 = x[3]!;
   x0 = rotl(x0, 13);
   x2 = rotl(x2, 3);
   x1 = (x1 ^ x0 ^ x2) >>> 0;
@@ -66,7 +96,10 @@ function linear(x: Uint32Array): void {
 }
 
 function inverseLinear(x: Uint32Array): void {
-  let [x0, x1, x2, x3] = [x[0]!, x[1]!, x[2]!, x[3]!];
+  let x0 = x[0]!;
+  let x1 = x[1]!;
+  let x2 = x[2]!;
+  let x3 = x[3]!;
   x2 = rotr(x2, 22);
   x0 = rotr(x0, 5);
   x2 = (x2 ^ x3 ^ (x1 << 7)) >>> 0;
