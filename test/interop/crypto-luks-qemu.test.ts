@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { createLuks, parseLuksHeader, unlockLuks } from '../../src/crypto/luks.js';
+import { createLuks, parseLuksHeader, unlockLuks, type LuksCreateOptions } from '../../src/crypto/luks.js';
 import { portableCrypto } from '../../src/crypto/portable.js';
 import type { CryptoProvider, HashAlg } from '../../src/crypto/provider.js';
 import type { CipherSpec } from '../../src/crypto/sector-cipher.js';
@@ -51,7 +51,12 @@ function toSpec(o: QemuLuksOptions): CipherSpec {
   return spec;
 }
 
-export function cryptoMatrixTests(matrix: QemuLuksOptions[]): void {
+function createOptions(o: QemuLuksOptions): LuksCreateOptions {
+  const spec = toSpec(o);
+  return { cipherAlg: spec.alg, cipherMode: spec.mode, ivgenAlg: spec.ivgen, ivgenHashAlg: spec.ivgenHash, hashAlg: o.hashAlg as HashAlg };
+}
+
+function cryptoMatrixTests(matrix: QemuLuksOptions[]): void {
   for (const o of matrix) {
     describe(label(o), () => {
       it('qemu-made volume unlocks and decrypts to what qemu-io wrote, with both providers alike', async (t) => {
@@ -62,6 +67,14 @@ export function cryptoMatrixTests(matrix: QemuLuksOptions[]): void {
         assert.equal(w.status, 0, w.stderr);
         const bytes = new Uint8Array(readFileSync(file));
         const h = parseLuksHeader(bytes);
+        // The layout createLuks chooses for the same algorithms is qemu's.
+        const mine = await createLuks({ ...createOptions(o), iterations: { slot: 1000, masterKey: 1000 } }, pw, portableCrypto);
+        assert.equal(mine.header.payloadOffsetSectors, h.payloadOffsetSectors);
+        assert.deepEqual(
+          mine.header.slots.map((s) => [s.keyMaterialOffsetSectors, s.stripes]),
+          h.slots.map((s) => [s.keyMaterialOffsetSectors, s.stripes]),
+        );
+        assert.deepEqual([mine.header.cipherName, mine.header.cipherMode, mine.header.hashSpec, mine.header.keyBytes], [h.cipherName, h.cipherMode, h.hashSpec, h.keyBytes]);
         const plains: Uint8Array[] = [];
         for (const [, p] of providers) {
           const u = await unlockLuks(h, pw, readAtFile(file), p);
@@ -81,11 +94,7 @@ export function cryptoMatrixTests(matrix: QemuLuksOptions[]): void {
         it(`${name}: a volume made by createLuks reads back through qemu-io`, async (t) => {
           if (!requireTools(t)) return;
           const dir = tmpDir();
-          const made = await createLuks(
-            { cipherAlg: toSpec(o).alg, cipherMode: toSpec(o).mode, ivgenAlg: toSpec(o).ivgen, ivgenHashAlg: o.ivgenHashAlg as HashAlg | undefined, hashAlg: o.hashAlg as HashAlg, iterations: { slot: 1000, masterKey: 1000 } },
-            pw,
-            p,
-          );
+          const made = await createLuks({ ...createOptions(o), iterations: { slot: 1000, masterKey: 1000 } }, pw, p);
           const payload = new Uint8Array(1024 * 1024).fill(PATTERN, 0, LENGTH);
           await made.cipher.encrypt(0, payload);
           const file = join(dir, 'mine.luks');
@@ -110,6 +119,15 @@ export function cryptoMatrixTests(matrix: QemuLuksOptions[]): void {
 
 describe('LUKS against qemu', () => {
   cryptoMatrixTests(MATRIX);
+
+  it('a CAST5 volume parses and then fails to unlock with one clear error', async (t) => {
+    if (!requireTools(t)) return;
+    const dir = tmpDir();
+    const file = qemuCreateLuks(dir, 'cast5.luks', { cipherAlg: 'cast5-128', cipherMode: 'cbc', ivgenAlg: 'plain64', hashAlg: 'sha256' });
+    const h = parseLuksHeader(new Uint8Array(readFileSync(file)));
+    assert.equal(h.cipherName, 'cast5');
+    await assert.rejects(unlockLuks(h, pw, readAtFile(file), nodeCrypto), (e) => isImageError(e, 'unsupported') && e.message === 'Cipher cast5-128 is not supported by qimg');
+  });
 
   it('a wrong passphrase fails with the message qemu prints', async (t) => {
     if (!requireTools(t)) return;
