@@ -13,7 +13,7 @@ import {
   type LuksKeySlot,
 } from './luks-header.js';
 import { luksAlgorithms } from './luks-spec.js';
-import { iterationsFor, pbkdf2Rate, sealKeySlot, slotOpensWith, type ReadAt } from './luks.js';
+import { iterationsFor, pbkdf2Blocks, pbkdf2Rate, sealKeySlot, slotOpensWith, type ReadAt } from './luks.js';
 import type { CryptoProvider } from './provider.js';
 
 export interface LuksAmendOptions {
@@ -74,7 +74,8 @@ export async function amendLuksSlots(
       index = h.slots.findIndex((s) => !s.active);
       if (index < 0) throw bad("Can't add a keyslot - all keyslots are in use");
     }
-    const iterations = opts.iterations ?? iterationsFor(await pbkdf2Rate(p, alg.hash), opts.iterTime ?? 2000);
+    const iterations =
+      opts.iterations ?? iterationsFor((await pbkdf2Rate(p, alg.hash)) / pbkdf2Blocks(alg.hash, h.keyBytes), opts.iterTime ?? 2000);
     const at = h.slots[index]!.keyMaterialOffsetSectors;
     const sealed = await sealKeySlot(h, alg, masterKey, opts.newSecret, iterations, at, p);
     const header = withSlot(h, index, sealed.slot);

@@ -20,7 +20,7 @@ import {
 } from './luks-header.js';
 import { luksAlgorithms, luksNames } from './luks-spec.js';
 import { measurePbkdf2Rate } from './portable.js';
-import type { CryptoProvider, HashAlg } from './provider.js';
+import { digestLength, type CryptoProvider, type HashAlg } from './provider.js';
 import { cipherKeyLength, validateCipherSpec, type CipherSpec, type SectorCipher } from './sector-cipher.js';
 
 export type { LuksHeader, LuksKeySlot } from './luks-header.js';
@@ -171,6 +171,11 @@ export function iterationsFor(ratePerMs: number, iterTime: number, divisor = 1):
   return n;
 }
 
+/** Digest-sized blocks PBKDF2 computes for `length` bytes of output. */
+export function pbkdf2Blocks(hash: HashAlg, length: number): number {
+  return Math.ceil(length / digestLength(hash));
+}
+
 export async function pbkdf2Rate(p: CryptoProvider, hash: HashAlg): Promise<number> {
   if (p.pbkdf2Rate) return p.pbkdf2Rate(hash);
   return measurePbkdf2Rate(p.pbkdf2.bind(p), hash);
@@ -220,7 +225,12 @@ export async function createLuks(opts: LuksCreateOptions, passphrase: Uint8Array
   if (!iterations) {
     const rate = await pbkdf2Rate(p, hash);
     const iterTime = opts.iterTime ?? 2000;
-    iterations = { slot: iterationsFor(rate, iterTime), masterKey: iterationsFor(rate, iterTime, 8) };
+    // PBKDF2 runs its iterations once per digest-sized block of output, so a
+    // 64-byte slot key costs twice a 32-byte one: time what is derived.
+    iterations = {
+      slot: iterationsFor(rate / pbkdf2Blocks(hash, keyBytes), iterTime),
+      masterKey: iterationsFor(rate / pbkdf2Blocks(hash, LUKS_DIGEST_SIZE), iterTime, 8),
+    };
   }
   const masterKey = p.randomBytes(keyBytes);
   const mkDigestSalt = p.randomBytes(LUKS_SALT_SIZE);

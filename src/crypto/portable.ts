@@ -2,9 +2,12 @@
 import { blockSectorCipher } from './block-sector-cipher.js';
 import { portableBlockCipher } from './ciphers.js';
 import { portableDigest, portablePbkdf2 } from './hashes.js';
-import type { CryptoProvider, HashAlg } from './provider.js';
+import { digestLength, type CryptoProvider, type HashAlg } from './provider.js';
 
-/** Iterations per millisecond of PBKDF2 with `hash`, timed over a short run. */
+/**
+ * Iterations per millisecond of PBKDF2 with `hash`, timed over a short run,
+ * for an output of one digest (callers scale by the blocks they derive).
+ */
 export async function measurePbkdf2Rate(
   pbkdf2: CryptoProvider['pbkdf2'],
   hash: HashAlg,
@@ -14,10 +17,11 @@ export async function measurePbkdf2Rate(
   const salt = new Uint8Array(32);
   let iterations = 1 << 10;
   // One untimed run first: a cold JIT would make the first short run look slow.
-  await pbkdf2(hash, password, salt, iterations, 32);
+  const out = digestLength(hash);
+  await pbkdf2(hash, password, salt, iterations, out);
   for (;;) {
     const start = now();
-    await pbkdf2(hash, password, salt, iterations, 32);
+    await pbkdf2(hash, password, salt, iterations, out);
     const ms = now() - start;
     // Time at least 100 ms so timer resolution and warm-up do not dominate.
     if (ms >= 100 || iterations >= 1 << 30) return iterations / Math.max(ms, 1e-3);

@@ -35,7 +35,7 @@ export interface CryptoProvider {
   randomBytes(n: number): Uint8Array;
   /** A sector cipher for alg/mode/ivgen with this key (the key already includes both XTS halves). */
   sectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher;
-  /** Iterations of PBKDF2 with `hash` per millisecond, measured now (for iter-time calibration). */
+  /** Iterations of PBKDF2 with `hash` per millisecond, measured now (for iter-time calibration), deriving one digest's worth of output. */
   pbkdf2Rate?(hash: HashAlg): Promise<number>;
 }
 
