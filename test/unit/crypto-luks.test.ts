@@ -53,6 +53,17 @@ describe('LUKS core', () => {
     assert.throws(() => iterationsFor(MAX_PBKDF2_ITERATIONS, 2), (e) => isImageError(e, 'bad-argument'));
   });
 
+  it('iter-time calibration counts PBKDF2 blocks: a 64-byte SHA-256 slot key costs two', async () => {
+    // qemu-img's volumes show the same shape: slot/master-key iterations = 8 / blocks (4 for aes-256-xts + sha256, 2 with sha1).
+    const fixedRate = { ...portableCrypto, pbkdf2Rate: () => Promise.resolve(100) };
+    const made = await createLuks({ iterTime: 2000 }, pw, fixedRate);
+    assert.equal(made.header.slots[0]!.iterations, 100000);
+    assert.equal(made.header.mkDigestIter, 25000);
+    const sha1 = await createLuks({ iterTime: 2000, hashAlg: 'sha1' }, pw, fixedRate);
+    assert.equal(sha1.header.slots[0]!.iterations, 50000);
+    assert.equal(sha1.header.mkDigestIter, 25000);
+  });
+
   it('src/crypto imports nothing from node:', () => {
     const dir = join(import.meta.dirname, '../../src/crypto');
     for (const f of readdirSync(dir)) {
