@@ -73,7 +73,8 @@ describe('hostile LUKS headers', () => {
           return true;
         },
       );
-      assert.ok(Date.now() - started < 5000, `${name}: took ${Date.now() - started} ms`);
+      // Generous for a loaded host; what matters is seconds, not the hours qemu can spend.
+      assert.ok(Date.now() - started < 30_000, `${name}: took ${Date.now() - started} ms`);
     }
   });
 
