@@ -14,6 +14,7 @@ export type ImageErrorCode =
   | 'read-only' // a write to an image opened read-only
   | 'not-permitted' // refused for safety (a write that would change a probed raw image's format)
   | 'needs-secret' // encrypted image, no key given
+  | 'bad-secret' // encrypted image, the key given unlocks no key slot
   | 'policy' // the open policy refused an implicit file (backing, data file)
   | 'locked' // another process holds the image with permissions that conflict (QEMU's image locks)
   | 'aborted'; // the caller cancelled the operation through its AbortSignal

@@ -143,3 +143,37 @@ export {
 export { rebaseImage, type RebaseOptions } from './ops/rebase.js';
 export { ddImage, planDd, type DdOptions, type DdPlan } from './ops/dd.js';
 export { commitImage, type CommitOptions } from './ops/commit.js';
+
+// Encryption: the portable crypto core (LUKS1, legacy qcow2 AES, sector ciphers)
+export { portableCrypto } from './crypto/portable.js';
+export { HASH_ALGS, digestLength, type CryptoProvider, type HashAlg } from './crypto/provider.js';
+export {
+  CIPHER_ALGS,
+  CIPHER_MODES,
+  IVGEN_ALGS,
+  cipherKeyLength,
+  type CipherAlg,
+  type CipherMode,
+  type IvGenAlg,
+  type CipherSpec,
+  type SectorCipher,
+} from './crypto/sector-cipher.js';
+export {
+  parseLuksHeader,
+  serializeLuksHeader,
+  unlockLuks,
+  createLuks,
+  amendLuksSlots,
+  luksAlgorithms,
+  MAX_PBKDF2_ITERATIONS,
+  type LuksHeader,
+  type LuksKeySlot,
+  type LuksCreateOptions,
+  type CreatedLuks,
+  type UnlockedLuks,
+  type LuksAmendOptions,
+  type LuksAmendResult,
+  type ReadAt,
+} from './crypto/luks.js';
+export { isLuksHeader, LUKS_HEADER_SIZE } from './crypto/luks-header.js';
+export { legacyAesCipher } from './crypto/legacy-aes.js';

@@ -26,3 +26,6 @@ export { ddImageFile, type DdFileOptions } from './node/dd.js';
 export { commitImageFile, type CommitFileOptions } from './node/commit.js';
 // amend: options of an existing image changed in place (qemu-img amend)
 export { amendImageFile, amendOptionHelp, amendOptionsToBag, type AmendOptions, type AmendFileOptions, type AmendFileResult } from './node/amend.js';
+
+// Encryption: the Node crypto provider (OpenSSL where it has the algorithm)
+export { nodeCrypto } from './io/crypto.js';
