@@ -202,6 +202,11 @@ test('amend -p with refcount_bits and size: the same meter as qemu-img amend -p'
     ['plain', 'compat=0.9'],
   ];
   for (const [name, options] of cases) sameAmend(by(name), ['-p', '-o', options]);
+  // A width change and a downgrade in one call: qemu's meter spans both steps.
+  const r8: Fixture = { name: 'r8', path: join(dir, 'r8.qcow2') };
+  ok(qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=8,cluster_size=4k', r8.path, '32M']));
+  fill(r8.path);
+  for (const options of ['compat=0.10,refcount_bits=16', 'compat=0.10', 'refcount_bits=16,compat=0.10,size=16M']) sameAmend(r8, ['-p', '-o', options]);
   // Before the image is even opened, the meter's line is ended too.
   const q = qemuImg(['amend', '-p', '-o', 'compat=1.1', join(dir, 'missing.qcow2')]);
   const r = qimg(['amend', '-p', '-o', 'compat=1.1', join(dir, 'missing.qcow2')]);

@@ -10,7 +10,7 @@ import { accumulate } from './create.js';
 
 export const amendHelp = `usage: qimg amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
 
-Change options of an existing image (qcow2: compat, lazy_refcounts, ...).
+Change options of an existing image (qcow2: compat, refcount_bits, size, lazy_refcounts, ...).
   -o, --options=OPTIONS  the options to change (-o help lists them)
   -f, --format=FMT       image format; probed when absent
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
