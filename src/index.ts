@@ -143,3 +143,6 @@ export {
 export { rebaseImage, type RebaseOptions } from './ops/rebase.js';
 export { ddImage, planDd, type DdOptions, type DdPlan } from './ops/dd.js';
 export { commitImage, type CommitOptions } from './ops/commit.js';
+
+// amend refcount_bits and size: what a format's amend hook gets from its caller
+export type { AmendContext } from './block/format.js';
