@@ -147,6 +147,8 @@ async function filesItNamesOpen(path: string, format: string | undefined): Promi
     img = await openImageFile(path, { format: named });
   } catch (e) {
     if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(path, e);
+    // qemu opens an encrypted image with its key before amending anything (it has no -o for the secret here).
+    if (e instanceof ImageError && e.code === 'needs-secret') throw couldNotOpen(path, e);
     if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(path, e);
     return;
   }

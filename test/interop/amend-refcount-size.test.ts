@@ -219,6 +219,18 @@ test('amend -p with refcount_bits and size: the same meter as qemu-img amend -p'
   ok(qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=8,cluster_size=4k', r8.path, '32M']));
   fill(r8.path);
   for (const options of ['compat=0.10,refcount_bits=16', 'compat=0.10', 'refcount_bits=16,compat=0.10,size=16M']) await sameAmend(r8, ['-p', '-o', options]);
+  // An encrypted image: qemu-img cannot open it without its key, so nothing is amended.
+  const luks = join(dir, 'luks.qcow2');
+  ok(qemuImg(['create', '-q', '--object', 'secret,id=s0,data=pw', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', luks, '8M']));
+  const luksBefore = readFileSync(luks);
+  for (const args of [['-p', '-o', 'refcount_bits=4'], ['-o', 'size=16M']]) {
+    const q = qemuImg(['amend', ...args, luks]);
+    const r = qimg(['amend', ...args, luks]);
+    assert.equal(asQemu(r.stderr), q.stderr, args.join(' '));
+    assert.equal(r.stdout, q.stdout, args.join(' '));
+    assert.equal(r.status, q.status, args.join(' '));
+    assert.ok(readFileSync(luks).equals(luksBefore), 'unchanged');
+  }
   // Before the image is even opened, the meter's line is ended too.
   const q = qemuImg(['amend', '-p', '-o', 'compat=1.1', join(dir, 'missing.qcow2')]);
   const r = qimg(['amend', '-p', '-o', 'compat=1.1', join(dir, 'missing.qcow2')]);
