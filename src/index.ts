@@ -177,3 +177,6 @@ export {
 } from './crypto/luks.js';
 export { isLuksHeader, LUKS_HEADER_SIZE } from './crypto/luks-header.js';
 export { legacyAesCipher } from './crypto/legacy-aes.js';
+
+// amend refcount_bits and size: what a format's amend hook gets from its caller
+export type { AmendContext } from './block/format.js';

@@ -33,6 +33,21 @@ export interface MeasureResult {
   bitmaps?: number;
 }
 
+/** What an amendment may need from its caller. */
+export interface AmendContext {
+  onProgress?: (done: number, total: number) => void;
+  /** Called once the option names and types are accepted, before the format's own checks (qemu-img's meter starts there). */
+  onStart?: () => void;
+  /**
+   * Change the virtual size through the format's resize, the image opened
+   * over the same storage with its backing chain and data file. Absent: a
+   * size change is refused.
+   */
+  resize?(newSize: number): Promise<void>;
+  /** What qemu prints on stderr on the way (a dirty image's refcount repair), each line ending in a newline. */
+  onWarning?: (message: string) => void;
+}
+
 export interface FormatDescriptor {
   readonly name: ImageFormat;
   /**
@@ -68,7 +83,7 @@ export interface FormatDescriptor {
    * qemu-img amend: change options of the existing image in `storage`
    * (opened writable). Absent: "does not support option amendment".
    */
-  amend?(storage: Storage, bag: OptionBag, onProgress?: (done: number, total: number) => void): Promise<void>;
+  amend?(storage: Storage, bag: OptionBag, ctx?: AmendContext): Promise<void>;
   /** The options amend accepts, as `-o help` lists them: [name, type, description]. */
   readonly amendOptions?: ReadonlyArray<readonly [string, string, string]>;
 }

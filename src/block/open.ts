@@ -279,7 +279,7 @@ export function openStorageImage(storage: Storage, opts: OpenStorageOptions = {}
 }
 
 /** The caller owns a storage it passes in: closing the image must not close it. */
-function borrowed(s: Storage): Storage {
+export function borrowed(s: Storage): Storage {
   return new Proxy(s, {
     get(target, prop, receiver) {
       if (prop === 'close') return async () => {};

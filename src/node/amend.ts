@@ -12,6 +12,9 @@ import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
 import { openImageFile } from './open.js';
+import { nodeHost } from './host.js';
+import { borrowed, openImage, type Host } from '../block/open.js';
+import { resizeImage } from '../ops/resize.js';
 import { couldNotOpen } from './errors.js';
 import { probedRawWarning } from './check.js';
 
@@ -21,6 +24,8 @@ export interface AmendOptions {
   version?: 2 | 3;
   lazyRefcounts?: boolean;
   refcountBits?: number;
+  /** New virtual size in bytes (grow or shrink; 0: unchanged). */
+  size?: number;
   /** Must equal the current one: amend does not rebase. */
   backingFile?: string;
   backingFormat?: string;
@@ -45,6 +50,7 @@ const KEYS: Record<keyof AmendOptions, string> = {
   version: 'compat',
   lazyRefcounts: 'lazy_refcounts',
   refcountBits: 'refcount_bits',
+  size: 'size',
   backingFile: 'backing_file',
   backingFormat: 'backing_fmt',
   dataFile: 'data_file',
@@ -66,7 +72,8 @@ export function amendOptionsToBag(o: AmendOptions): OptionBag {
 
 /**
  * Change options of an existing image file as qemu-img amend does (qcow2:
- * compat upgrade, lazy_refcounts, data_file name, data_file_raw off).
+ * compat upgrade or downgrade, refcount_bits, size, lazy_refcounts,
+ * data_file name, data_file_raw off).
  * `options` is typed, or a qemu -o list. Rejects with qemu's messages;
  * formats without amendment reject with "does not support option amendment".
  *
@@ -96,8 +103,12 @@ export async function amendImageFile(path: string, options: AmendOptions | strin
     if (!d?.amend) throw notAmendable(format);
     const bag = typeof options === 'string' ? parseAmendList(options) : amendOptionsToBag(options);
     throwIfAborted(opts.signal);
-    opts.onStart?.();
-    await d.amend(storage, bag, opts.onProgress);
+    await d.amend(storage, bag, {
+      onProgress: opts.onProgress,
+      onStart: opts.onStart,
+      onWarning: opts.onWarning,
+      resize: (size) => resizeOver(storage, path, format, size),
+    });
     return { format };
   } finally {
     await storage.close();
@@ -137,10 +148,30 @@ async function filesItNamesOpen(path: string, format: string | undefined): Promi
     img = await openImageFile(path, { format: named });
   } catch (e) {
     if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(path, e);
+    // qemu opens an encrypted image with its key before amending anything (it has no -o for the secret here).
+    if (e instanceof ImageError && e.code === 'needs-secret') throw couldNotOpen(path, e);
     if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(path, e);
     return;
   }
   await img.close();
+}
+
+/**
+ * amend -o size: the image opened over the amendment's own storage (its
+ * lock held) with its backing chain and data file, resized as qemu's amend
+ * truncates it (shrinking allowed), closed.
+ */
+async function resizeOver(storage: Storage, path: string, format: ImageFormat, size: number): Promise<void> {
+  const host: Host = {
+    ...nodeHost,
+    openStorage: async (p, o) => (p === path ? borrowed(storage) : nodeHost.openStorage(p, o)),
+  };
+  const img = await openImage(path, { host, format, writable: true });
+  try {
+    await resizeImage(img, size, { shrink: true });
+  } finally {
+    await img.close();
+  }
 }
 
 /** qemu's option list parse, which also refuses a list ending in a lone comma (an empty last item). */

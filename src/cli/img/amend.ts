@@ -10,7 +10,7 @@ import { accumulate } from './create.js';
 
 export const amendHelp = `usage: qimg amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
 
-Change options of an existing image (qcow2: compat, lazy_refcounts, ...).
+Change options of an existing image (qcow2: compat, refcount_bits, size, lazy_refcounts, ...).
   -o, --options=OPTIONS  the options to change (-o help lists them)
   -f, --format=FMT       image format; probed when absent
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
@@ -57,27 +57,38 @@ export async function cmdAmend(args: string[]): Promise<number> {
     }
   }
   if (optText === undefined) throw new UsageError('Must specify options (-o)');
-  if (format !== undefined && hasHelpOption(optText)) return printHelp(format);
-  if (operands.length !== 1) throw new CliError('Expecting one image file name');
-  const path = operands[0]!;
-  const cache = parseCacheMode(cacheText);
-  if (cache === undefined) throw new CliError(`Invalid cache option: ${cacheText}`);
   const quiet = options.some((o) => o.key === 'q');
   const meter = new Progress(options.some((o) => o.key === 'p') && !quiet, 1.0);
+  // qemu-img's meter is set up from here on: every way out ends its line.
+  const status = await amendWithMeter(meter, format, optText, operands, cacheText);
+  meter.end();
+  return status;
+}
+
+async function amendWithMeter(meter: Progress, format: string | undefined, optText: string, operands: string[], cacheText: string): Promise<number> {
+  if (format !== undefined && hasHelpOption(optText)) return printHelp(format);
+  let started = false;
   try {
+    if (operands.length !== 1) throw new CliError('Expecting one image file name');
+    const path = operands[0]!;
+    const cache = parseCacheMode(cacheText);
+    if (cache === undefined) throw new CliError(`Invalid cache option: ${cacheText}`);
     const r = await amendImageFile(path, optText, {
       format,
       cache,
       onWarning: (m) => err(m),
-      onStart: () => meter.print(0, 0),
-      onProgress: (done, total) => meter.print(total > 0 ? (100 * done) / total : 100, 0),
+      onStart: () => {
+        started = true;
+        meter.print(0, 0);
+      },
+      // qemu computes the percentage in single precision.
+      onProgress: (done, total) => meter.print(total > 0 ? Math.fround(Math.fround(100 * Math.fround(done)) / Math.fround(total)) : 100, 0),
     });
     if (r.help !== undefined) out(r.help);
-    else {
-      meter.print(100, 0);
-      meter.end();
-    }
+    else meter.print(100, 0);
   } catch (e) {
+    // qemu-img prints 100% once the amendment ran, whether it failed or not.
+    if (started) meter.print(100, 0);
     const hint = isImageError(e) && e.hint !== undefined ? `${e.hint.replace(/\n?$/, '\n')}` : '';
     err(`${PROG}: ${messageOf(e)}\n${hint}`);
     return 1;

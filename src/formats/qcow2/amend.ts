@@ -1,17 +1,22 @@
 /**
  * qemu-img amend for qcow2 (QEMU 7.2's qcow2_amend_options): the options
- * an existing image may change, with qemu's refusals and messages. Every
- * change here is a header rewrite: one write of the first cluster, so a
- * crash leaves either the old header or the new one.
+ * an existing image may change, with qemu's refusals and messages. Header
+ * fields change in one write of the first cluster, so a crash leaves either
+ * the old header or the new one; a new refcount width is built beside the
+ * old structures first (refcount-order.ts), a new size goes through the
+ * format's resize, and a downgrade comes last (downgrade.ts).
  */
+import type { AmendContext } from '../../block/format.js';
 import type { OptionBag } from '../../block/options.js';
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
-import { checkQcow2File } from './check.js';
+import { checkQcow2 } from './check.js';
 import * as C from './constants.js';
 import { FEATURE_NAMES } from './create.js';
-import { checkDowngrade, downgradeQcow2 } from './downgrade.js';
+import { checkDowngrade, checkSnapshotsForDowngrade, downgradeQcow2 } from './downgrade.js';
 import { readHeader, serializeHeader, type Qcow2Header } from './header.js';
+import { AmendProgress } from './amend-progress.js';
+import { buildRefcounts, freeOldRefcounts, type NewRefcounts } from './refcount-order.js';
 
 /** The options qemu lets amend change, in the order of its `-o help`. */
 export const QCOW2_AMEND_HELP: ReadonlyArray<[string, string, string]> = [
@@ -42,17 +47,26 @@ const unsupported = (m: string): ImageError => new ImageError('unsupported', m);
 
 /** The typed amendments, as amendImageFile takes them. */
 export interface Qcow2Amendments {
-  version?: 2 | 3;
+  /** qemu's compat text (0.10, v2, 1.1, v3), checked once the amendment starts. */
+  compat?: string;
   lazyRefcounts?: boolean;
+  /** Checked once the amendment starts (a power of two up to 64). */
   refcountBits?: number;
   backingFile?: string;
   backingFormat?: string;
   dataFile?: string;
   dataFileRaw?: boolean;
+  /** 0 means unchanged, as in qemu. */
   size?: number;
+  /** An encryption option was given (refused). */
+  encryption?: boolean;
 }
 
-/** The -o list read with qemu's checks, in the order qemu reports them. */
+/**
+ * The -o list read as qemu's option parser reads it: names and value types.
+ * The values' meaning is checked by amendQcow2, as qemu checks it after its
+ * progress meter starts.
+ */
 export function parseQcow2Amendments(bag: OptionBag): Qcow2Amendments {
   const known = new Set(QCOW2_AMEND_HELP.map(([k]) => k));
   for (const k of bag.unused()) {
@@ -61,44 +75,55 @@ export function parseQcow2Amendments(bag: OptionBag): Qcow2Amendments {
     throw new ImageError('bad-argument', `Invalid parameter '${k}'`, { hint });
   }
   const a: Qcow2Amendments = {};
-  const compat = bag.string('compat');
-  if (compat !== undefined) {
-    if (compat === 'v2' || compat === '0.10') a.version = 2;
-    else if (compat === 'v3' || compat === '1.1') a.version = 3;
-    else throw bad(`Unknown compatibility level ${compat}`);
-  }
+  a.compat = bag.string('compat');
   if (bag.has('size')) a.size = bag.size('size', 0);
   if (bag.has('backing_file')) a.backingFile = bag.string('backing_file');
   if (bag.has('backing_fmt')) a.backingFormat = bag.string('backing_fmt');
   for (const k of ['encrypt.iter-time', 'encrypt.keyslot', 'encrypt.new-secret', 'encrypt.old-secret', 'encrypt.state']) {
-    if (bag.has(k)) throw unsupported('Changing the encryption keyslots is not supported');
+    if (bag.has(k)) {
+      bag.string(k);
+      a.encryption = true;
+    }
   }
   if (bag.has('lazy_refcounts')) a.lazyRefcounts = bag.bool('lazy_refcounts', false);
-  if (bag.has('refcount_bits')) {
-    const v = bag.number('refcount_bits', 16);
-    if (v > 64 || v === 0 || (v & (v - 1)) !== 0) throw bad('Refcount width must be a power of two and may not exceed 64 bits');
-    a.refcountBits = v;
-  }
+  if (bag.has('refcount_bits')) a.refcountBits = bag.number('refcount_bits', 16);
   if (bag.has('data_file')) a.dataFile = bag.string('data_file');
   if (bag.has('data_file_raw')) a.dataFileRaw = bag.bool('data_file_raw', false);
   return a;
 }
 
+/** qemu's reading of the compat text. */
+function versionOf(compat: string | undefined): 2 | 3 | undefined {
+  if (compat === undefined) return undefined;
+  if (compat === 'v2' || compat === '0.10') return 2;
+  if (compat === 'v3' || compat === '1.1') return 3;
+  throw bad(`Unknown compatibility level ${compat}`);
+}
+
 /**
  * Apply `a` to the qcow2 image in `storage` (opened writable), as
- * qcow2_amend_options does. Changes qimg cannot make yet are refused before
- * anything is written.
+ * qcow2_amend_options does and in its order: upgrade, refcount width,
+ * header fields, size, downgrade. Each step leaves a valid image behind
+ * it, so a failure or crash part way keeps the steps before it.
  */
-export async function amendQcow2(storage: Storage, a: Qcow2Amendments, onProgress?: (done: number, total: number) => void): Promise<void> {
+export async function amendQcow2(storage: Storage, a: Qcow2Amendments, ctx: AmendContext = {}): Promise<void> {
+  ctx.onStart?.();
   let h = await readHeader(storage, { writable: true });
   if (h.incompatibleFeatures & BigInt(C.INCOMPAT_DIRTY)) {
-    // A writable open of a dirty image repairs its refcounts first, as qemu's does.
-    await checkQcow2File(storage, 'all');
+    // A writable open of a dirty image repairs its refcounts first, as qemu's does, printing each repair.
+    const r = await checkQcow2(storage, { fix: 'all' });
+    if (r.failed !== undefined || r.checkErrors > 0) throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
+    if (r.messages.length > 0) ctx.onWarning?.(r.messages.map((m) => `${m}\n`).join(''));
     h = await readHeader(storage, { writable: true });
   }
   const oldVersion = h.version;
-  const newVersion = a.version ?? oldVersion;
-  const refcountBits = a.refcountBits ?? 1 << h.refcountOrder;
+  const newVersion = versionOf(a.compat) ?? oldVersion;
+  if (a.encryption) throw unsupported('Changing the encryption keyslots is not supported');
+  const oldBits = 2 ** h.refcountOrder;
+  const refcountBits = a.refcountBits ?? (newVersion > oldVersion ? 16 : oldBits);
+  if (a.refcountBits !== undefined && (refcountBits > 64 || refcountBits <= 0 || (refcountBits & (refcountBits - 1)) !== 0)) {
+    throw bad('Refcount width must be a power of two and may not exceed 64 bits');
+  }
   const lazy = a.lazyRefcounts ?? (h.compatibleFeatures & BigInt(C.COMPAT_LAZY_REFCOUNTS)) !== 0n;
   const hasDataFile = (h.incompatibleFeatures & BigInt(C.INCOMPAT_DATA_FILE)) !== 0n;
   const dataFileIsRaw = (h.autoclearFeatures & BigInt(C.AUTOCLEAR_DATA_FILE_RAW)) !== 0n;
@@ -117,26 +142,60 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, onProgres
   if (newVersion < 3 && a.lazyRefcounts === true) {
     throw bad('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
   }
-  if (refcountBits !== 1 << h.refcountOrder) throw unsupported('Changing the refcount width is not supported by qimg yet');
-  if (a.size !== undefined && a.size !== h.size) throw unsupported('Resizing with amend is not supported by qimg yet; use qimg resize');
-  if (newVersion < oldVersion) await checkDowngrade(storage, h);
+  const newOrder = Math.log2(refcountBits);
+  const resize = a.size !== undefined && a.size !== 0 ? a.size : undefined;
+  if (newVersion < oldVersion) {
+    await checkDowngrade(storage, { ...h, refcountOrder: newOrder });
+    // A resize first changes what the snapshots are compared with: checked after it.
+    if (resize === undefined) await checkSnapshotsForDowngrade(storage, h);
+  }
+  if (resize !== undefined && !ctx.resize) throw unsupported('Resizing this image is not supported here');
 
+  const upgrading = newVersion > oldVersion;
+  const changingWidth = newOrder !== h.refcountOrder;
+  const progress = new AmendProgress(Number(newVersion !== oldVersion) + Number(changingWidth), ctx.onProgress);
   const next: Qcow2Header = { ...h, extensions: { ...h.extensions } };
-  if (newVersion > oldVersion) upgradeToV3(next);
+  let onDisk = serializeHeader(h);
+  if (upgrading) {
+    upgradeToV3(next);
+    // qemu's upgrade reports two steps (its meter prints 0, 50 and 100 for it).
+    const up = progress.step('upgrade');
+    up(0, 2);
+    up(1, 2);
+    onDisk = await writeHeaderIfChanged(storage, onDisk, next);
+    up(2, 2);
+  }
+  let oldRefcounts: NewRefcounts['old'] | undefined;
+  if (changingWidth) {
+    const built = await buildRefcounts(storage, next, newOrder, progress.step('refcount-width'));
+    next.refcountTableOffset = built.tableOffset;
+    next.refcountTableClusters = built.tableClusters;
+    next.refcountOrder = newOrder;
+    oldRefcounts = built.old;
+  }
   if (a.dataFile !== undefined) next.extensions.dataFile = a.dataFile;
   if (a.dataFileRaw === false) next.autoclearFeatures &= ~BigInt(C.AUTOCLEAR_DATA_FILE_RAW);
   if (lazy && newVersion >= 3) next.compatibleFeatures |= BigInt(C.COMPAT_LAZY_REFCOUNTS);
   else next.compatibleFeatures &= ~BigInt(C.COMPAT_LAZY_REFCOUNTS);
-  // An upgrade reports two steps, as qemu's does (its meter prints 0, 50 and 100 for it).
-  if (newVersion > oldVersion) onProgress?.(0, 2);
-  if (newVersion > oldVersion) onProgress?.(1, 2);
-  if (!sameHeader(h, next)) {
-    await storage.write(serializeHeader(next), 0);
-    await storage.flush();
-  }
-  if (newVersion > oldVersion) onProgress?.(2, 2);
+  // One header write switches to the new refcounts together with the other fields.
+  await writeHeaderIfChanged(storage, onDisk, next);
+  if (oldRefcounts) await freeOldRefcounts(storage, next, oldRefcounts);
+  if (resize !== undefined) await ctx.resize!(resize);
   // Last, as qemu does: lazy refcounts are off and the image is clean by now.
-  if (newVersion < oldVersion) await downgradeQcow2(storage, next, onProgress);
+  if (newVersion < oldVersion) {
+    const current = resize !== undefined ? await readHeader(storage, { writable: true }) : next;
+    if (resize !== undefined) await checkSnapshotsForDowngrade(storage, current);
+    await downgradeQcow2(storage, current, progress.step('downgrade'));
+  }
+}
+
+/** Write `h` over the header when it differs from `onDisk`; returns what is on disk now. */
+async function writeHeaderIfChanged(storage: Storage, onDisk: Uint8Array, h: Qcow2Header): Promise<Uint8Array> {
+  const bytes = serializeHeader(h);
+  if (bytes.length === onDisk.length && bytes.every((v, i) => v === onDisk[i])) return onDisk;
+  await storage.write(bytes, 0);
+  await storage.flush();
+  return bytes;
 }
 
 /** v2 → v3: the v3 fields at their defaults and qemu's feature name table. */
@@ -149,10 +208,4 @@ function upgradeToV3(h: Qcow2Header): void {
   h.headerLength = C.HEADER_V3_LENGTH;
   h.compressionType = C.COMPRESSION_ZLIB;
   h.extensions.featureTable = FEATURE_NAMES.map(([type, bit, name]) => ({ type, bit, name }));
-}
-
-function sameHeader(a: Qcow2Header, b: Qcow2Header): boolean {
-  const x = serializeHeader(a);
-  const y = serializeHeader(b);
-  return x.length === y.length && x.every((v, i) => v === y[i]);
 }

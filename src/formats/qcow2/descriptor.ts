@@ -87,7 +87,7 @@ export const qcow2Format: FormatDescriptor = {
   writeStream: qcow2StreamWriter,
   measure: measureQcow2,
   snapshots: qcow2SnapshotOps,
-  amend: (storage, bag, onProgress) => amendQcow2(storage, parseQcow2Amendments(bag), onProgress),
+  amend: async (storage, bag, ctx) => amendQcow2(storage, parseQcow2Amendments(bag), ctx),
   amendOptions: QCOW2_AMEND_HELP,
 };
 

@@ -48,6 +48,20 @@ async function hasCompressedClusters(storage: Storage, h: Qcow2Header): Promise<
   return false;
 }
 
+/**
+ * qemu's refusal of a downgrade when a snapshot's disk size is not the
+ * image's (v2 readers assume they match) or its VM state needs more than
+ * 32 bits: checked on the image as it is when the downgrade starts.
+ */
+export async function checkSnapshotsForDowngrade(storage: Storage, h: Qcow2Header): Promise<void> {
+  if (h.nbSnapshots === 0) return;
+  for (const sn of await readSnapshots(storage, h.snapshotsOffset, h.nbSnapshots, h.size)) {
+    if (sn.vmStateSize > 0xffff_ffffn || sn.diskSize !== BigInt(h.size)) {
+      throw new ImageError('unsupported', 'Internal snapshots prevent downgrade of image');
+    }
+  }
+}
+
 /** Expand the zero clusters of every L1 table, then rewrite the header as v2. */
 export async function downgradeQcow2(storage: Storage, h: Qcow2Header, onProgress?: (done: number, total: number) => void): Promise<void> {
   const cs = h.clusterSize;
