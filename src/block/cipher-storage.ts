@@ -21,7 +21,8 @@ const ZERO_CHUNK = 1 << 20;
 export class CipherStorage implements Storage {
   readonly name: string;
   readonly writable: boolean;
-  private readonly sector: number;
+  /** Bytes enciphered as one unit (writes come in whole sectors). */
+  readonly sectorSize: number;
 
   /**
    * @param inner the file holding the encrypted sectors
@@ -35,7 +36,7 @@ export class CipherStorage implements Storage {
   ) {
     this.name = inner.name;
     this.writable = inner.writable;
-    this.sector = cipher.sectorSize;
+    this.sectorSize = cipher.sectorSize;
   }
 
   /** The same file and cipher, with IVs counted from another origin (legacy AES: per mapping). */
@@ -48,7 +49,7 @@ export class CipherStorage implements Storage {
   }
 
   async read(into: Uint8Array, offset: number): Promise<void> {
-    const s = this.sector;
+    const s = this.sectorSize;
     const start = offset - (offset % s);
     const end = Math.ceil((offset + into.length) / s) * s;
     if (start === offset && end === offset + into.length) {
@@ -97,11 +98,11 @@ export class CipherStorage implements Storage {
   }
 
   private sectorOf(hostOffset: number): number {
-    return (hostOffset + this.ivOffset) / this.sector;
+    return (hostOffset + this.ivOffset) / this.sectorSize;
   }
 
   private checkAligned(offset: number, length: number): void {
-    if (offset % this.sector !== 0 || length % this.sector !== 0) {
+    if (offset % this.sectorSize !== 0 || length % this.sectorSize !== 0) {
       throw new ImageError('bad-argument', `Unaligned encrypted write (${length} bytes at ${offset})`);
     }
   }

@@ -10,8 +10,9 @@ import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
 import type { DriverInfo } from './info.js';
 import type { InternalSnapshotRef } from './snapshot.js';
+import type { CryptoProvider } from '../crypto/provider.js';
 
-export type ImageFormat = 'qcow2' | 'qed' | 'raw';
+export type ImageFormat = 'qcow2' | 'qed' | 'raw' | 'luks';
 
 /** How a resize fills the new area (qemu's PreallocMode). */
 export type Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
@@ -38,6 +39,12 @@ export type Mapping =
        * range holds data, so a hole in the host file reports as zero in map.
        */
       recurse?: boolean;
+      /**
+       * The host bytes are not the guest's (an encrypted image: `storage`
+       * decrypts them). qemu reports no offset for such data, so neither
+       * does block status.
+       */
+      opaque?: boolean;
     }
   /** Reads as zero and is allocated in this layer (hides the backing file). */
   | { kind: 'zero'; length: number; storage?: Storage; hostOffset?: number }
@@ -135,6 +142,8 @@ export interface DriverContext {
   probed?: boolean;
   /** Read the guest contents as of this internal snapshot (read-only opens). */
   internalSnapshot?: InternalSnapshotRef;
+  /** Ciphers and key derivation for encrypted images (the host's; portable ones otherwise). */
+  crypto?: CryptoProvider;
   /** Where the lines qemu prints on stderr while opening go (see OpenOptions.onWarning). */
   onWarning?: (message: string) => void;
 }

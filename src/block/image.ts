@@ -223,6 +223,7 @@ export class BlockImage implements Image {
   private async statusOf(m: Mapping, offset: number): Promise<LayerStatus> {
     switch (m.kind) {
       case 'data': {
+        if (m.opaque) return { length: m.length, data: true, zero: false, allocated: true, compressed: false };
         const st: LayerStatus = { length: m.length, data: true, zero: false, allocated: true, compressed: false, hostOffset: m.hostOffset, file: m.storage };
         if (this.format === 'raw') return this.fileStatus(st, m.storage, m.hostOffset, false);
         if (m.recurse) return this.fileStatus(st, m.storage, m.hostOffset, true);

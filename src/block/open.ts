@@ -14,6 +14,7 @@ import { BlockImage, type Image } from './image.js';
 import { dataFilePermissions, imagePermissions } from './perms.js';
 import { parseFormatName, probeStorage } from './probe.js';
 import { noTemporarySnapshots, type InternalSnapshotRef } from './snapshot.js';
+import type { CryptoProvider } from '../crypto/provider.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
 export interface Host {
@@ -26,6 +27,8 @@ export interface Host {
   /** Whether the file behind `path` (links resolved) lies inside directory `dir`. */
   isInside?(path: string, dir: string): Promise<boolean>;
   codecs: Codecs;
+  /** Ciphers and key derivation for encrypted images; the portable ones when absent. */
+  crypto?: CryptoProvider;
   /**
    * A new, empty, writable file that nobody else can name and that goes away
    * when closed (snapshot mode's overlay). Hosts without files leave it out.
@@ -224,6 +227,7 @@ async function openDriver(
     metadataOnly: opts.metadataOnly ?? false,
     probed: format === undefined,
     internalSnapshot: opts.internalSnapshot,
+    crypto: opts.host.crypto,
     onWarning: opts.onWarning,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));

@@ -12,6 +12,7 @@ import { CREATE_PERMISSIONS } from '../block/perms.js';
 import { ImageError, isImageError } from '../errors.js';
 import { strerror } from '../errno.js';
 import { nodeCodecs } from '../io/codecs.js';
+import { nodeCrypto } from '../io/crypto.js';
 import { FileStorage } from '../io/file.js';
 
 /** qemu's path_combine: a relative backing name is relative to the image's directory. */
@@ -58,6 +59,7 @@ export const nodeHost: Host = {
     return rel !== '' && !rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel);
   },
   codecs: nodeCodecs,
+  crypto: nodeCrypto,
   temporaryStorage: async () => {
     // qemu's get_tmp_filename: $TMPDIR, else /var/tmp. A private directory
     // keeps the name unguessable; the file is unlinked once open, so it goes

@@ -14,7 +14,8 @@ import { checkQcow2 } from './check.js';
 import { Decompressor } from './compress.js';
 import { readHeader, serializeHeader, sizeToL1, type Qcow2Header } from './header.js';
 import { Sub } from './l2.js';
-import { LUKS_HEADER_SIZE, parseLuksHeader, type LuksInfo } from './luks-info.js';
+import type { LuksInfo } from '../../crypto/luks-info.js';
+import { CipherStorage } from '../../block/cipher-storage.js';
 import { L2Mapper } from './mapping.js';
 import { RefcountReader } from './refcount.js';
 import type { RefcountStore } from './refcounts.js';
@@ -25,7 +26,7 @@ import { checkQcow2Resize, growQcow2, shrinkQcow2, type ResizeParts } from './re
 import { SnapshotLoadError } from '../../block/snapshot.js';
 import { findSnapshot, findSnapshotByIdOrName } from './snapshot-table.js';
 import { canResetCompletely, resetCompletely } from './make-empty.js';
-import { needsSecret, refuseWithoutKey } from './encryption.js';
+import { needsSecret, openEncryption } from './encryption.js';
 import { PersistentBitmaps } from './persistent-bitmaps.js';
 import { overlappingMetadata, snapshotEntrySize, type OverlapSources } from './overlap.js';
 
@@ -38,7 +39,14 @@ export interface Qcow2Parts {
   ownsDataStorage: boolean;
   l1: Uint8Array;
   snapshots: Snapshot[];
+  /** qemu-img info's encrypt block of a LUKS image. */
   luks: LuksInfo | undefined;
+  /**
+   * The guest data seen through the image's cipher, when it is encrypted
+   * and was opened with its key. `ivFromGuest`: the IV counts guest sectors
+   * (legacy AES), not host sectors (LUKS).
+   */
+  cipher?: { storage: CipherStorage; ivFromGuest: boolean };
   ctx: DriverContext;
   /** Present when the image is open for writing. */
   refcountStore?: RefcountStore;
@@ -106,12 +114,15 @@ export class Qcow2Driver implements FormatDriver {
     this.decompressor = new Decompressor(parts.storage, h.clusterBits, h.compressionType, parts.ctx.codecs);
     this.writable = parts.refcountStore !== undefined;
     this.bitmaps = parts.bitmaps;
-    if (parts.refcountStore && this.encrypted) throw needsSecret();
+    if (parts.refcountStore && this.encrypted && !parts.cipher) throw needsSecret();
     if (parts.refcountStore) {
       const autoclear = Number(h.autoclearFeatures & 0xffffffffn);
+      const cipher = parts.cipher;
       this.writer = new Qcow2Writer({
         storage: parts.storage,
-        data: parts.dataStorage ?? parts.storage,
+        data: cipher?.storage ?? parts.dataStorage ?? parts.storage,
+        dataAt: cipher?.ivFromGuest ? (guestMinusHost) => cipher.storage.withIvOffset(guestMinusHost) : undefined,
+        encrypted: cipher !== undefined,
         clusterBits: h.clusterBits,
         version: h.version,
         extL2,
@@ -393,8 +404,20 @@ export class Qcow2Driver implements FormatDriver {
     return this.header.cryptMethod !== C.CRYPT_NONE;
   }
 
+  /** An encrypted image is read and written in whole cipher sectors. */
+  get requestAlignment(): number | undefined {
+    return this.parts.cipher ? this.parts.cipher.storage.sectorSize : undefined;
+  }
+
   private checkReadable(): void {
-    if (this.encrypted) throw needsSecret();
+    if (this.encrypted && !this.parts.cipher) throw needsSecret();
+  }
+
+  /** The storage a data mapping reads through: the cipher's view for an encrypted image (IVs from the guest offset for legacy AES). */
+  private guestData(guestOffset: number, hostOffset: number): Storage {
+    const c = this.parts.cipher;
+    if (!c) return this.dataStorage();
+    return c.ivFromGuest ? c.storage.withIvOffset(guestOffset - hostOffset) : c.storage;
   }
 
   private dataStorage(): Storage {
@@ -410,9 +433,10 @@ export class Qcow2Driver implements FormatDriver {
     const length = run.length;
     switch (run.type) {
       case Sub.NORMAL: {
-        const storage = this.dataStorage();
+        const storage = this.guestData(offset, run.hostOffset);
         const m: Mapping = { kind: 'data', length, storage, hostOffset: run.hostOffset };
-        if (await this.metadataPreallocated()) m.recurse = true;
+        if (this.parts.cipher) m.opaque = true;
+        else if (await this.metadataPreallocated()) m.recurse = true;
         return m;
       }
       case Sub.ZERO_ALLOC:
@@ -562,7 +586,8 @@ async function atSnapshot(storage: Storage, header: Qcow2Header, ctx: DriverCont
 export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   const storage = ctx.storage;
   let header = await readHeader(storage, { writable: ctx.writable });
-  refuseWithoutKey(header, ctx);
+  // Before anything is repaired or written: an encrypted image opens for data only with its key.
+  const encryption = await openEncryption(storage, header, ctx);
   if (ctx.writable && Number(header.incompatibleFeatures) & C.INCOMPAT_DIRTY) {
     // Lazy refcounts left dirty: QEMU repairs on a writable open (check -r all), which also clears the bit.
     const r = await checkQcow2(storage, { fix: 'all' });
@@ -578,14 +603,6 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   const l1 = ctx.writable ? await readWholeL1(storage, header) : await readL1(storage, header, fileSize);
   const inc = Number(header.incompatibleFeatures);
   const ext = header.extensions;
-
-  let luks: LuksInfo | undefined;
-  if (header.cryptMethod === C.CRYPT_LUKS) {
-    if (!ext.cryptoHeader) throw new ImageError('invalid', 'LUKS encrypted image has no encryption header extension');
-    const buf = new Uint8Array(LUKS_HEADER_SIZE);
-    await storage.read(buf, ext.cryptoHeader.offset);
-    luks = parseLuksHeader(buf);
-  }
 
   let dataStorage: Storage | undefined;
   let ownsDataStorage = false;
@@ -615,14 +632,15 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     // QEMU loads the bitmaps of a v3 image on a writable open (unless a program without
     // bitmap support cleared the autoclear bit): their errors refuse the open.
     let bitmaps: PersistentBitmaps | undefined;
-    if (refcountStore && header.cryptMethod === C.CRYPT_NONE) {
+    if (refcountStore) {
       const stored = header.version === 3 && !ext.bitmapsInconsistent ? ext.bitmaps : undefined;
       bitmaps = await PersistentBitmaps.load(storage, stored, header.clusterSize, virtualSize, header.version);
     } else if (header.version === 3 && !ext.bitmapsInconsistent && ext.bitmaps) {
       // Read-only opens fail on a directory QEMU would not load either.
       await readBitmapDirectory(storage, ext.bitmaps, header.clusterSize, virtualSize);
     }
-    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks, ctx, refcountStore, bitmaps });
+    const cipher = encryption.cipher && dataStorage ? { storage: new CipherStorage(dataStorage, encryption.cipher), ivFromGuest: encryption.ivFromGuest } : undefined;
+    return new Qcow2Driver({ header, storage, dataStorage, ownsDataStorage, l1, snapshots, luks: encryption.luks, cipher, ctx, refcountStore, bitmaps });
   } catch (e) {
     if (ownsDataStorage) await dataStorage?.close().catch(() => {});
     throw e;

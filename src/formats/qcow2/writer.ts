@@ -20,8 +20,16 @@ const ALL_SUBCLUSTERS = 0xffffffff;
 
 export interface WriterConfig {
   storage: Storage;
-  /** Where guest data lives: the image file or the external data file. */
+  /** Where guest data lives: the image file or the external data file (through the cipher when encrypted). */
   data: Storage;
+  /**
+   * The data storage for a cluster whose guest offset minus host offset is
+   * given, where that matters (legacy AES counts IVs by guest sector).
+   * Absent: `data` for every cluster.
+   */
+  dataAt?(guestMinusHost: number): Storage;
+  /** Encrypted guest data: compressed writes are refused (they would be stored in the clear). */
+  encrypted?: boolean;
   clusterBits: number;
   version: 2 | 3;
   extL2: boolean;
@@ -184,7 +192,7 @@ export class Qcow2Writer {
         buf.set(data.subarray(dStart - offset, dEnd - offset), dStart - gStart);
       }
       await this.guard(hostStart, buf.length);
-      await this.cfg.data.write(buf, hostStart);
+      await this.dataFor(gStart, hostStart).write(buf, hostStart);
       i = j + 1;
     }
   }
@@ -272,6 +280,8 @@ export class Qcow2Writer {
   async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
     const cs = this.clusterSize;
     if (this.cfg.hasDataFile) throw new ImageError('unsupported', 'Operation not supported');
+    // qemu stores compressed clusters of an encrypted image unencrypted: qimg never writes one.
+    if (this.cfg.encrypted) throw new ImageError('unsupported', 'Compression and encryption not supported at the same time');
     if (offset % cs !== 0) throw new ImageError('bad-argument', 'Invalid argument');
     const jobs: Promise<void>[] = [];
     for (let pos = 0; pos < data.length; pos += cs) {
@@ -280,6 +290,10 @@ export class Qcow2Writer {
       jobs.push(this.writeCompressedCluster(offset + pos, data.subarray(pos, pos + n)));
     }
     await Promise.all(jobs);
+  }
+
+  private dataFor(guest: number, host: number): Storage {
+    return this.cfg.dataAt ? this.cfg.dataAt(guest - host) : this.cfg.data;
   }
 
   private async writeCompressedCluster(guest: number, chunk: Uint8Array): Promise<void> {
@@ -516,7 +530,11 @@ export class Qcow2Writer {
           await this.setEntry(g, e);
           hostEnd = Math.max(hostEnd, h + cs);
         }
-        if (writeZeros && host >= 0) {
+        if (writeZeros && host >= 0 && this.cfg.dataAt) {
+          // IVs by guest sector: each cluster's zeros are enciphered for where the guest sees them.
+          const zeros = new Uint8Array(cs);
+          for (let k = 0; k < todo.length; k++) await this.dataFor(todo[k]!, host + k * cs).write(zeros, host + k * cs);
+        } else if (writeZeros && host >= 0) {
           const zeros = new Uint8Array(Math.min(todo.length * cs, 1 << 20));
           for (let off = 0; off < todo.length * cs; off += zeros.length) {
             await this.cfg.data.write(zeros.subarray(0, Math.min(zeros.length, todo.length * cs - off)), host + off);
