@@ -143,3 +143,8 @@ export {
 export { rebaseImage, type RebaseOptions } from './ops/rebase.js';
 export { ddImage, planDd, type DdOptions, type DdPlan } from './ops/dd.js';
 export { commitImage, type CommitOptions } from './ops/commit.js';
+
+// Secrets and image options (--object secret, --image-opts)
+export { parseOptions, type OptionSyntax, type ParsedOptions } from './block/options.js';
+export { parseOpenTarget, openTargetFromOptions, type OpenTarget, type LockingMode } from './block/open-target.js';
+export { lookupSecret, requireEncryptionKey, secretBytes, type SecretMap } from './block/secrets.js';

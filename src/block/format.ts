@@ -46,6 +46,13 @@ export interface FormatDescriptor {
   /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */
   probe?(head: Uint8Array): boolean;
   readonly open: DriverOpener;
+  /**
+   * The open options (qemu's runtime options, --image-opts) this format
+   * takes besides `backing.*`, e.g. `encrypt.key-secret`. Absent: none.
+   * A key-secret option named here gets its secret resolved into the
+   * driver's context (DriverContext.encryptionKey).
+   */
+  readonly openOptions?: readonly string[];
   /** The -o options of this format, in the order qemu prints them on its Formatting line. */
   readonly createOptions: readonly OptionSpec[];
   /**

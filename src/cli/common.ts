@@ -1,7 +1,7 @@
 /** What every subcommand shares: errors, output, opening images. */
 import { openImageFile } from '../node.js';
 import type { Image } from '../node.js';
-import { parseFormatName } from '../node.js';
+import { parseFormatName, parseOpenTarget, type OpenTarget, type SecretMap } from '../node.js';
 import type { ImageFormat } from '../node.js';
 import { UsageError } from './options.js';
 import { toFixedC } from './format.js';
@@ -44,18 +44,50 @@ export interface OpenCliOptions {
   writable?: boolean;
   /** Exit code for open failures (compare uses 2). */
   exitCode?: number;
+  /** --object secrets, by id. */
+  secrets?: SecretMap;
+  /** --image-opts: `path` is a qemu option string (driver=...,file.filename=...). */
+  imageOpts?: boolean;
+}
+
+/** How a command's --object and --image-opts reach openCli. */
+export type ImageAccess = Pick<OpenCliOptions, 'secrets' | 'imageOpts'>;
+
+/**
+ * An --image-opts argument as an open target, with qemu's deprecation
+ * warning for bare booleans; errors read "Could not open 'TEXT': ...".
+ */
+export function imageOptsTarget(text: string, code = 1): OpenTarget {
+  let target: OpenTarget;
+  try {
+    target = parseOpenTarget(text);
+  } catch (e) {
+    throw new CliError(`Could not open '${text}': ${messageOf(e)}`, code, { cause: e });
+  }
+  for (const key of target.shortForm) err(`${PROG}: warning: short-form boolean option '${key}' deprecated\nPlease use ${key}=on instead\n`);
+  return target;
 }
 
 /** Open as qemu-img's img_open does, with its "Could not open 'X': ..." wrapping. */
 export async function openCli(path: string, opts: OpenCliOptions = {}): Promise<Image> {
   const code = opts.exitCode ?? 1;
+  if (opts.imageOpts) {
+    const target = imageOptsTarget(path, code);
+    try {
+      if (target.readOnly && opts.writable) throw new Error('Block node is read-only');
+      const { format, blockOptions, locking } = target;
+      return await openImageFile(target.path, { format, blockOptions, locking, secrets: opts.secrets, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare, writable: opts.writable });
+    } catch (e) {
+      throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
+    }
+  }
   let format: ImageFormat | undefined;
   if (opts.format !== undefined) {
     format = parseFormatName(opts.format);
     if (format === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${opts.format}'`, code);
   }
   try {
-    return await openImageFile(path, { format, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare, writable: opts.writable });
+    return await openImageFile(path, { format, secrets: opts.secrets, backing: opts.backing, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare, writable: opts.writable });
   } catch (e) {
     throw new CliError(`Could not open '${path}': ${messageOf(e)}`, code, { cause: e });
   }
@@ -65,6 +97,11 @@ export { probedRawWarning } from '../node.js';
 
 const CACHE_MODES = new Set(['none', 'writeback', 'writethrough', 'directsync', 'unsafe', 'off']);
 export const validCache = (mode: string): boolean => CACHE_MODES.has(mode);
+
+/** qemu-img's refusal of -f next to --image-opts (the driver is in the options). */
+export function checkImageOptsFormat(imageOpts: boolean, format: string | undefined): void {
+  if (imageOpts && format !== undefined) throw new CliError('--image-opts and --format are mutually exclusive');
+}
 
 /** --output: qemu-img 7.2 accepts exactly "human" and "json". */
 export function outputFormat(v: string): 'human' | 'json' {

@@ -2,6 +2,7 @@
 import type { Image } from '../../node.js';
 import { compareImages, CompareFailure } from '../../node.js';
 import { CliError, openCli, out, Progress, validCache } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 
 export const compareHelp = `usage: qimg compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
@@ -37,6 +38,8 @@ export async function cmdCompare(args: string[]): Promise<number> {
   let quiet = false;
   let strict = false;
   let cache: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   for (const o of options) {
     switch (o.key) {
       case 'h':
@@ -61,9 +64,11 @@ export async function cmdCompare(args: string[]): Promise<number> {
         strict = true;
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet', 2);
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet', 2);
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   // qemu-img: progress wins over quiet.
@@ -81,8 +86,9 @@ export async function cmdCompare(args: string[]): Promise<number> {
   const meter = new Progress(progress, 2.0);
   try {
     const forceShare = options.some((o) => o.key === 'U');
-    img1 = await openCli(file1, { format: fmt1, exitCode: 2, forceShare });
-    img2 = await openCli(file2, { format: fmt2, exitCode: 2, forceShare });
+    const access = { imageOpts, secrets: objects.secrets };
+    img1 = await openCli(file1, { format: fmt1, exitCode: 2, forceShare, ...access });
+    img2 = await openCli(file2, { format: fmt2, exitCode: 2, forceShare, ...access });
     meter.print(0, 100);
     let code: number;
     try {

@@ -2,7 +2,7 @@
 import { convertImageFile, isImageError, parseCacheMode, type InternalSnapshotRef } from '../../node.js';
 import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
 import { getopt, parseSize } from '../options.js';
-import { hasHelpOption } from '../../node.js';
+import { hasHelpOption, parseOptions } from '../../node.js';
 import { convertToStdout } from './convert-stream.js';
 import { accumulate, optionHelp } from './create.js';
 
@@ -257,10 +257,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
 function parseSnapshotParam(text: string): InternalSnapshotRef {
   if (!text.startsWith('snapshot.')) return text;
   const ref: { id?: string; name?: string } = {};
-  for (const part of splitOptions(text)) {
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? 'on' : part.slice(eq + 1);
+  for (const [key, value] of parseOptions(text).entries) {
     if (key === 'snapshot.id') ref.id = value;
     else if (key === 'snapshot.name') ref.name = value;
     else {
@@ -269,23 +266,4 @@ function parseSnapshotParam(text: string): InternalSnapshotRef {
     }
   }
   return ref;
-}
-
-/** qemu's option list: commas separate, a doubled comma is a literal one. */
-function splitOptions(text: string): string[] {
-  const parts: string[] = [];
-  let cur = '';
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] === ',') {
-      if (text[i + 1] === ',') {
-        cur += ',';
-        i++;
-        continue;
-      }
-      parts.push(cur);
-      cur = '';
-    } else cur += text[i];
-  }
-  parts.push(cur);
-  return parts;
 }

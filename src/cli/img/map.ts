@@ -1,6 +1,7 @@
 /** qemu-img map, as QEMU 7.2 prints it (no "compressed" member in JSON). */
 import { mapImage, type MapEntry } from '../../node.js';
-import { CliError, cvtnum, openCli, out, outputFormat } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, openCli, out, outputFormat } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { hashHex } from '../format.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
@@ -40,6 +41,8 @@ export async function cmdMap(args: string[]): Promise<number> {
     { name: 'max-length', arg: 'required', key: 'l' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let output: 'human' | 'json' = 'human';
   let start = 0;
   let maxLength: number | undefined;
@@ -61,13 +64,16 @@ export async function cmdMap(args: string[]): Promise<number> {
         maxLength = cvtnum('max length', o.value!, (t) => parseSize(t));
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet');
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const img = await openCli(operands[0]!, { format, forceShare: options.some((o) => o.key === 'U') });
+  checkImageOptsFormat(imageOpts, format);
+  const img = await openCli(operands[0]!, { format, forceShare: options.some((o) => o.key === 'U'), imageOpts, secrets: objects.secrets });
   try {
     const human = output === 'human';
     // Output is written per entry: a failure part-way leaves what qemu-img would have printed.

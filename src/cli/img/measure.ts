@@ -1,6 +1,7 @@
 /** qemu-img measure: the size an image of a format needs, for --size N or for a source image. */
 import { findFormat, measure, OptionBag, parseCreateOptions, type Image } from '../../node.js';
 import { CliError, cvtnum, messageOf, openCli, out, outputFormat } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { toQemuJson } from '../json.js';
 import { getopt, parseSize } from '../options.js';
 import { accumulate } from './create.js';
@@ -41,6 +42,7 @@ export async function cmdMeasure(args: string[]): Promise<number> {
   let size: number | undefined;
   let output: 'human' | 'json' = 'human';
   let imageOpts = false;
+  const objects = new ObjectStore();
   let snapshot: string | undefined;
   for (const o of options) {
     const v = o.value ?? '';
@@ -64,7 +66,8 @@ export async function cmdMeasure(args: string[]): Promise<number> {
         imageOpts = true;
         break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(v)) return 0;
+        break;
       case 'output':
         output = outputFormat(v);
         break;
@@ -80,12 +83,11 @@ export async function cmdMeasure(args: string[]): Promise<number> {
   }
   if (filename !== undefined && size !== undefined) throw new CliError('--size N cannot be used together with a filename.');
   if (filename === undefined && size === undefined) throw new CliError('Either --size N or one filename must be specified.');
-  if (imageOpts) throw new CliError('--image-opts is not supported yet');
   if (snapshot !== undefined) throw new CliError('Snapshots (-l) are not supported by measure yet');
 
   let source: Image | undefined;
   try {
-    if (filename !== undefined) source = await openCli(filename, { format: fmt, forceShare: options.some((o) => o.key === 'U') });
+    if (filename !== undefined) source = await openCli(filename, { format: fmt, forceShare: options.some((o) => o.key === 'U'), imageOpts, secrets: objects.secrets });
     const target = findFormat(outFmt);
     if (!target) throw new CliError(`Unknown file format '${outFmt}'`);
     if (!target.measure) throw new CliError(`Block driver '${outFmt}' does not support size measurement`);

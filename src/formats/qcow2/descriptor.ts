@@ -58,6 +58,7 @@ function typedOptions(bag: OptionBag) {
 
 export const qcow2Format: FormatDescriptor = {
   name: 'qcow2',
+  openOptions: ['encrypt.key-secret'],
   hasMetadata: true,
   supportsBacking: true,
   // qemu's qcow2_probe: the magic, and a version qemu can read.
