@@ -5,6 +5,7 @@
  * dispatch through the descriptor; nothing above formats/ names a format's
  * internals, so a new format is one folder and one registration.
  */
+import type { SecretMap } from './secrets.js';
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
@@ -21,6 +22,8 @@ export interface CreateContext {
   codecs: Codecs;
   /** Create (truncate) an external data file the options name (qcow2 data_file). */
   openDataFile?(name: string): Promise<Storage>;
+  /** Secrets by id, for options that name one (encrypt.key-secret). */
+  secrets?: SecretMap;
 }
 
 /** qemu-img measure's answer (QAPI BlockMeasureInfo). */

@@ -4,7 +4,8 @@
  * cache mode, open, then the format's amendment).
  */
 import { amendImageFile, amendOptionHelp, hasHelpOption, isImageError, parseCacheMode } from '../../node.js';
-import { CliError, err, messageOf, out, Progress, PROG } from '../common.js';
+import { CliError, imageOperand, namedAsGiven, err, messageOf, out, Progress, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 import { accumulate } from './create.js';
 
@@ -32,6 +33,8 @@ export async function cmdAmend(args: string[]): Promise<number> {
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let optText: string | undefined;
   let cacheText = 'writeback';
   for (const o of options) {
@@ -50,8 +53,11 @@ export async function cmdAmend(args: string[]): Promise<number> {
         cacheText = v;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
@@ -59,19 +65,20 @@ export async function cmdAmend(args: string[]): Promise<number> {
   if (optText === undefined) throw new UsageError('Must specify options (-o)');
   if (format !== undefined && hasHelpOption(optText)) return printHelp(format);
   if (operands.length !== 1) throw new CliError('Expecting one image file name');
-  const path = operands[0]!;
+  const target = imageOperand(operands[0]!, format, { imageOpts, secrets: objects.secrets }, true);
+  const path = target.path;
   const cache = parseCacheMode(cacheText);
   if (cache === undefined) throw new CliError(`Invalid cache option: ${cacheText}`);
   const quiet = options.some((o) => o.key === 'q');
   const meter = new Progress(options.some((o) => o.key === 'p') && !quiet, 1.0);
   try {
-    const r = await amendImageFile(path, optText, {
-      format,
+    const r = await namedAsGiven(operands[0]!, path, () => amendImageFile(path, optText, {
+      ...target,
       cache,
       onWarning: (m) => err(m),
       onStart: () => meter.print(0, 0),
       onProgress: (done, total) => meter.print(total > 0 ? (100 * done) / total : 100, 0),
-    });
+    }));
     if (r.help !== undefined) out(r.help);
     else {
       meter.print(100, 0);

@@ -1,9 +1,9 @@
 /** qemu-img bench: the same options and output lines. */
 import { bench } from '../../node.js';
 import { parseFormatName } from '../../node.js';
-import { openImageFile } from '../../node.js';
 import { type CacheMode, dropsFlushes, flushesEachWrite, parseCacheMode } from '../../node.js';
-import { CliError, cvtnum, messageOf, out } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, messageOf, openCli, out } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
 export const benchHelp = `usage: qimg bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
@@ -48,6 +48,8 @@ export async function cmdBench(args: string[]): Promise<number> {
     { name: 'object', arg: 'required', key: 'object' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   // qemu-img bench's default cache mode.
   let cache: CacheMode = 'writeback';
   let nativeAio = false;
@@ -111,8 +113,11 @@ export async function cmdBench(args: string[]): Promise<number> {
         // qemu-img 7.2 accepts -q for bench and still prints both lines; so does qimg.
         break;
       case 'image-opts':
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError(`--${opt.key} is not supported`);
+        if (objects.add(opt.value!)) return 0;
+        break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
@@ -121,14 +126,12 @@ export async function cmdBench(args: string[]): Promise<number> {
   if (o.flushInterval > 0 && o.flushInterval < o.depth) throw new CliError("Flush interval can't be smaller than depth");
   // --no-drain without flushes is accepted as qemu-img accepts it: there is no flush to skip draining for.
   const path = operands[0]!;
-  const fmt = format === undefined ? undefined : parseFormatName(format);
-  if (format !== undefined && fmt === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
+  checkImageOptsFormat(imageOpts, format);
+  if (!imageOpts && format !== undefined && parseFormatName(format) === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
   if (nativeAio && cache !== 'none' && cache !== 'directsync') {
     throw new CliError(`Could not open '${path}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
   }
-  const image = await openImageFile(path, { format: fmt, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U') }).catch((e: unknown) => {
-    throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
-  });
+  const image = await openCli(path, { format, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U'), imageOpts, secrets: objects.secrets });
   try {
     out(`Sending ${o.count} ${o.write ? 'write' : 'read'} requests, ${o.bufferSize} bytes each, ${o.depth} in parallel (starting at offset ${o.offset}, step size ${o.step})\n`);
     if (o.flushInterval > 0) out(`Sending flush every ${o.flushInterval} requests\n`);

@@ -4,7 +4,8 @@
  * (0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 unsupported).
  */
 import { checkImageFile, checkJson, CheckNotSupportedError, isImageError, parseCacheMode, type CheckCounts } from '../../node.js';
-import { CliError, err, out, outputFormat, PROG } from '../common.js';
+import { CliError, imageOperand, namedAsGiven, err, out, outputFormat, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -34,6 +35,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let fix: 'none' | 'leaks' | 'all' = 'none';
   let output: 'human' | 'json' = 'human';
   let quiet = false;
@@ -62,14 +65,18 @@ export async function cmdCheck(args: string[]): Promise<number> {
         quiet = true;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const path = operands[0]!;
+  const target = imageOperand(operands[0]!, format, { imageOpts, secrets: objects.secrets }, fix !== undefined && fix !== 'none');
+  const path = target.path;
   // Checked after the file name, as qemu-img does.
   const cache = parseCacheMode(cacheText);
   if (cache === undefined) throw new CliError(`Invalid source cache option: ${cacheText}`);
@@ -77,7 +84,7 @@ export async function cmdCheck(args: string[]): Promise<number> {
   const forceShare = options.some((o) => o.key === 'U');
   let r;
   try {
-    r = await checkImageFile(path, { format, repair: fix, cache, forceShare, onWarning: (m) => err(m) });
+    r = await namedAsGiven(operands[0]!, path, () => checkImageFile(path, { ...target, repair: fix, cache, forceShare, onWarning: (m) => err(m) }));
   } catch (e) {
     if (e instanceof CheckNotSupportedError) {
       err(`${PROG}: ${e.message}\n`);

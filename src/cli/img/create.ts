@@ -6,6 +6,7 @@
  */
 import { createImageOn, createOptionHelp, findFormat, hasHelpOption, isImageError, nodeHost, parseCreateOptions, type OptionBag } from '../../node.js';
 import { CliError, err, messageOf, out, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
 export const createHelp = `usage: qimg create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
@@ -48,6 +49,7 @@ export async function cmdCreate(args: string[]): Promise<number> {
     { name: 'quiet', arg: 'none', key: 'q' },
   ]);
   let fmt = 'raw';
+  const objects = new ObjectStore();
   let baseFilename: string | undefined;
   let baseFmt: string | undefined;
   let optText: string | undefined;
@@ -79,7 +81,8 @@ export async function cmdCreate(args: string[]): Promise<number> {
         unsafe = true;
         break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   const filename = operands[0];
@@ -115,6 +118,7 @@ export async function cmdCreate(args: string[]): Promise<number> {
       options: bag,
       size,
       backingUnsafe: unsafe,
+      secrets: objects.secrets,
       onFormatting: quiet ? undefined : (line) => out(line + '\n'),
     });
   } catch (e) {

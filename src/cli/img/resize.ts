@@ -1,6 +1,7 @@
 /** qemu-img resize: grow or (with --shrink) shrink an image, with qemu-img 7.2's checks and words. */
-import { openImageFile, parseFormatName, parsePreallocation, resizeImage, type Image, type Preallocation } from '../../node.js';
-import { CliError, err, messageOf, out, PROG, probedRawWarning } from '../common.js';
+import { parsePreallocation, resizeImage, type Image, type Preallocation } from '../../node.js';
+import { checkImageOptsFormat, CliError, err, messageOf, openCli, out, PROG, probedRawWarning } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 
 export const resizeHelp = `usage: qimg resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
@@ -52,6 +53,8 @@ export async function cmdResize(argv: string[]): Promise<number> {
     { name: 'shrink', arg: 'none', key: 'shrink' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let quiet = false;
   let shrink = false;
   let preallocation: Preallocation = 'off';
@@ -77,9 +80,11 @@ export async function cmdResize(argv: string[]): Promise<number> {
         }
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet');
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting image file name and size');
@@ -91,18 +96,9 @@ export async function cmdResize(argv: string[]): Promise<number> {
   }
   const amount = parseSizeOption(sizeText);
 
-  let fmt;
-  if (format !== undefined) {
-    fmt = parseFormatName(format);
-    if (fmt === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
-  }
-  let img: Image;
-  try {
-    img = await openImageFile(path, { format: fmt, writable: true });
-  } catch (e) {
-    throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
-  }
-  if (fmt === undefined && img.format === 'raw') err(probedRawWarning(path));
+  checkImageOptsFormat(imageOpts, format);
+  const img: Image = await openCli(path, { format, writable: true, imageOpts, secrets: objects.secrets });
+  if (format === undefined && !imageOpts && img.format === 'raw') err(probedRawWarning(path));
   try {
     const current = BigInt(img.size);
     // qemu computes in int64: sizes of 2^63 and more wrap to negative.

@@ -1,6 +1,7 @@
 /** qemu-img snapshot: list, create, apply or delete a qcow2 image's internal snapshots. */
 import { applySnapshotFile, createSnapshotFile, deleteSnapshotFile, isImageError, listSnapshotsFile } from '../../node.js';
-import { CliError, err, out } from '../common.js';
+import { CliError, imageOperand, err, out } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 import { snapshotLine } from './info.js';
 
@@ -26,6 +27,8 @@ export async function cmdSnapshot(args: string[]): Promise<number> {
   ]);
   let action: Action | undefined;
   let forceShare = false;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -43,15 +46,18 @@ export async function cmdSnapshot(args: string[]): Promise<number> {
         forceShare = true;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const path = operands[0]!;
-  const opts = { forceShare, onWarning: (m: string) => err(m) };
+  const { path, format: _named, ...access } = imageOperand(operands[0]!, undefined, { imageOpts, secrets: objects.secrets }, action !== undefined && action.kind !== 'list');
+  const opts = { forceShare, onWarning: (m: string) => err(m), ...access };
   try {
     if (action === undefined) {
       // qemu-img opens the image for writing and does nothing.

@@ -5,7 +5,8 @@
 import { createInterface } from 'node:readline';
 import type { Image } from '../../node.js';
 import { parseFormatName } from '../../node.js';
-import { openImageFile } from '../../node.js';
+import { openImageFile, parseOpenTarget, type OpenFileOptions, type OpenTarget } from '../../node.js';
+import { ObjectStore } from '../objects.js';
 import { readFileSync } from 'node:fs';
 import { isImageError, parsePreallocation, resizeImage, type Preallocation } from '../../node.js';
 import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror } from '../common.js';
@@ -786,6 +787,8 @@ export async function cmdIo(args: string[]): Promise<number> {
   const cmds: string[] = [];
   let format: string | undefined;
   let readOnly = false;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let snapshot = false;
   let discard = true; // qemu-io opens with discard=unmap
   let cache: CacheMode = 'writeback';
@@ -830,8 +833,11 @@ export async function cmdIo(args: string[]): Promise<number> {
         err(`${PROG}: warning: trace event '${o.value}' does not exist\n`);
         break;
       case 'image-opts':
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError(`--${o.key} is not supported yet`);
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length > 1) throw new CliError('too many arguments', 1);
@@ -840,21 +846,37 @@ export async function cmdIo(args: string[]): Promise<number> {
     return cmds.length > 0 ? 1 : 0;
   }
   const path = operands[0]!;
+  if (imageOpts && format !== undefined) throw new CliError('--image-opts and -f are mutually exclusive');
+  // qemu-io names no device for an --image-opts open that fails.
+  const cantOpen = imageOpts ? "can't open" : `can't open device ${path}`;
   let fmt;
-  if (format !== undefined) {
+  let file = path;
+  let access: Pick<OpenFileOptions, 'blockOptions' | 'locking'> = {};
+  if (imageOpts) {
+    let target: OpenTarget;
+    try {
+      target = parseOpenTarget(path);
+    } catch (e) {
+      throw new CliError(`${cantOpen}: ${messageOf(e)}`, 1, { cause: e });
+    }
+    for (const key of target.shortForm) err(`${PROG}: warning: short-form boolean option '${key}' deprecated\nPlease use ${key}=on instead\n`);
+    if (target.readOnly && !readOnly) throw new CliError(`${cantOpen}: Block node is read-only`);
+    ({ path: file, format: fmt } = target);
+    access = { blockOptions: target.blockOptions, locking: target.locking };
+  } else if (format !== undefined) {
     fmt = parseFormatName(format);
-    if (fmt === undefined) throw new CliError(`can't open device ${path}: Unknown driver '${format}'`);
+    if (fmt === undefined) throw new CliError(`${cantOpen}: Unknown driver '${format}'`);
   }
   let img: Image;
   try {
     // qemu-io opens read-write unless -r is given; -s puts writes in a temporary overlay.
-    img = await openImageFile(path, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U') });
+    img = await openImageFile(file, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U'), secrets: objects.secrets, ...access });
   } catch (e) {
-    throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
+    throw new CliError(`${cantOpen}: ${messageOf(e)}`, 1, { cause: e });
   }
   if (!discard) discardsIgnored.add(img);
   if (flushesEachWrite(cache)) writethrough.add(img);
-  if (!readOnly && !snapshot && fmt === undefined && img.format === 'raw') err(probedRawWarning(path));
+  if (!readOnly && !snapshot && fmt === undefined && !imageOpts && img.format === 'raw') err(probedRawWarning(path));
   let failed = false;
   try {
     const lines: AsyncIterable<string> | string[] = cmds.length > 0 ? cmds : createInterface({ input: process.stdin, terminal: false });

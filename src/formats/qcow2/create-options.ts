@@ -23,6 +23,8 @@ export interface Qcow2CreateOptions {
   dataFile?: string;
   dataFileRaw: boolean;
   encryptFormat?: string;
+  /** The id of the secret holding the passphrase (encrypt.key-secret). */
+  encryptKeySecret?: string;
 }
 
 const bad = (msg: string) => new ImageError('bad-argument', msg);

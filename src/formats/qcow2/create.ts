@@ -5,6 +5,7 @@
  * extensions (backing format, data file, feature names) in qemu's order;
  * preallocation through the regular write path.
  */
+import { lookupSecret, type SecretMap } from '../../block/secrets.js';
 import type { Codecs } from '../../block/codecs.js';
 import type { OptionBag } from '../../block/options.js';
 import { ImageError } from '../../errors.js';
@@ -45,7 +46,8 @@ export function parseQcow2CreateOptions(bag: OptionBag): Qcow2CreateOptions & { 
   };
   const encryption = seen('encryption', bag.bool('encryption', false));
   const encryptFormat = seen('encrypt.format', bag.string('encrypt.format')) ?? (encryption ? 'aes' : undefined);
-  for (const k of ['cipher-alg', 'cipher-mode', 'hash-alg', 'iter-time', 'ivgen-alg', 'ivgen-hash-alg', 'key-secret']) seen(`encrypt.${k}`, bag.string(`encrypt.${k}`));
+  const encryptKeySecret = seen('encrypt.key-secret', bag.string('encrypt.key-secret'));
+  for (const k of ['cipher-alg', 'cipher-mode', 'hash-alg', 'iter-time', 'ivgen-alg', 'ivgen-hash-alg']) seen(`encrypt.${k}`, bag.string(`encrypt.${k}`));
   const clusterSize = seen('cluster_size', bag.size('cluster_size', 65536));
   const extendedL2 = seen('extended_l2', bag.bool('extended_l2', false));
   const preallocation = seen('preallocation', bag.string('preallocation') ?? 'off');
@@ -75,6 +77,7 @@ export function parseQcow2CreateOptions(bag: OptionBag): Qcow2CreateOptions & { 
     dataFile,
     dataFileRaw,
     encryptFormat,
+    encryptKeySecret,
   } as Qcow2CreateOptions & { given: Set<string> };
 }
 
@@ -88,6 +91,7 @@ export function qcow2CreateLine(filename: string, o: Qcow2CreateOptions & { give
   };
   put('encryption', given.has('encryption') ? (o.encryptFormat === 'aes' ? 'on' : 'off') : undefined);
   put('encrypt.format', o.encryptFormat);
+  put('encrypt.key-secret', o.encryptKeySecret);
   put('cluster_size', String(o.clusterSize), true);
   put('extended_l2', o.extendedL2 ? 'on' : 'off', true);
   put('preallocation', o.preallocation);
@@ -101,6 +105,21 @@ export function qcow2CreateLine(filename: string, o: Qcow2CreateOptions & { give
   put('lazy_refcounts', o.lazyRefcounts ? 'on' : 'off', true);
   put('refcount_bits', String(o.refcountBits), true);
   return `Formatting '${filename}', fmt=qcow2 ${parts.join(' ')}`;
+}
+
+/**
+ * Encryption asked for: qemu's errors for a missing format, key-secret or
+ * secret; with the secret in hand, qimg cannot write encrypted images yet
+ * and says so (never showing the secret).
+ */
+function encryptionRefused(o: Qcow2CreateOptions, secrets: SecretMap | undefined): void {
+  if (o.encryptFormat === undefined) {
+    if (o.encryptKeySecret !== undefined) throw bad("Parameter 'encrypt.format' is missing");
+    return;
+  }
+  if (o.encryptKeySecret === undefined) throw bad("Parameter 'encrypt.key-secret' is required for cipher");
+  lookupSecret(secrets, o.encryptKeySecret);
+  throw new ImageError('unsupported', 'Creating encrypted images is not supported by qimg yet');
 }
 
 /** qemu's semantic checks, in qemu's order; returns the effective preallocation. */
@@ -130,7 +149,6 @@ export function validateQcow2Create(o: Qcow2CreateOptions): Qcow2CreateOptions['
   if (o.version < 3 && o.compressionType !== 'zlib') {
     throw bad(`Non-zlib compression type is only supported with compatibility level 1.1 and above ${v3}`);
   }
-  if (o.encryptFormat !== undefined) throw new ImageError('unsupported', 'Creating encrypted images is not supported');
   // A raw external data file must stay a valid raw image: its metadata is always preallocated.
   return o.dataFileRaw && pre === 'off' ? 'metadata' : pre;
 }
@@ -144,6 +162,8 @@ const isPow2 = isPowerOfTwo;
 
 export interface CreateDeps {
   codecs: Codecs;
+  /** Secrets by id, for encrypt.key-secret. */
+  secrets?: SecretMap;
   /** Opens (creating if needed) the external data file named in the options. */
   openDataFile?: (name: string) => Promise<Storage>;
 }
@@ -155,6 +175,7 @@ export interface CreateDeps {
  */
 export async function createQcow2(storage: Storage, o: Qcow2CreateOptions & { size: number }, deps: CreateDeps): Promise<void> {
   const pre = validateQcow2Create(o);
+  encryptionRefused(o, deps.secrets);
   const cs = o.clusterSize;
   const clusterBits = Math.log2(cs);
   const size = alignUp(o.size, 512);
