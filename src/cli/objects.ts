@@ -45,11 +45,23 @@ function readSecretFile(path: string): Buffer {
 export class ObjectStore {
   readonly secrets: Record<string, Uint8Array> = {};
 
+  /** `exitCode`: what a bad --object exits with (compare's errors exit 2). */
+  constructor(private readonly exitCode = 1) {}
+
   /**
    * Add one --object argument. Returns true when it asked for help (printed
    * here; qemu-img then exits 0).
    */
   add(text: string): boolean {
+    try {
+      return this.addObject(text);
+    } catch (e) {
+      if (e instanceof CliError && e.exitCode !== this.exitCode) throw new CliError(e.message, this.exitCode, { cause: e });
+      throw e;
+    }
+  }
+
+  private addObject(text: string): boolean {
     let props: Map<string, string>;
     let help = false;
     try {

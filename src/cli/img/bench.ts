@@ -3,7 +3,6 @@ import { bench } from '../../node.js';
 import { parseFormatName } from '../../node.js';
 import { type CacheMode, dropsFlushes, flushesEachWrite, parseCacheMode } from '../../node.js';
 import { checkImageOptsFormat, CliError, cvtnum, messageOf, openCli, out } from '../common.js';
-import { ObjectStore } from '../objects.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
 export const benchHelp = `usage: qimg bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
@@ -45,11 +44,9 @@ export async function cmdBench(args: string[]): Promise<number> {
     { name: 'force-share', arg: 'none', key: 'U' },
     { name: 'quiet', arg: 'none', key: 'q' },
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
-    { name: 'object', arg: 'required', key: 'object' },
   ]);
   let format: string | undefined;
   let imageOpts = false;
-  const objects = new ObjectStore();
   // qemu-img bench's default cache mode.
   let cache: CacheMode = 'writeback';
   let nativeAio = false;
@@ -115,9 +112,7 @@ export async function cmdBench(args: string[]): Promise<number> {
       case 'image-opts':
         imageOpts = true;
         break;
-      case 'object':
-        if (objects.add(opt.value!)) return 0;
-        break;
+
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
@@ -131,7 +126,7 @@ export async function cmdBench(args: string[]): Promise<number> {
   if (nativeAio && cache !== 'none' && cache !== 'directsync') {
     throw new CliError(`Could not open '${path}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
   }
-  const image = await openCli(path, { format, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U'), imageOpts, secrets: objects.secrets });
+  const image = await openCli(path, { format, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U'), imageOpts, });
   try {
     out(`Sending ${o.count} ${o.write ? 'write' : 'read'} requests, ${o.bufferSize} bytes each, ${o.depth} in parallel (starting at offset ${o.offset}, step size ${o.step})\n`);
     if (o.flushInterval > 0) out(`Sending flush every ${o.flushInterval} requests\n`);

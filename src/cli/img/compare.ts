@@ -39,7 +39,7 @@ export async function cmdCompare(args: string[]): Promise<number> {
   let strict = false;
   let cache: string | undefined;
   let imageOpts = false;
-  const objects = new ObjectStore();
+  const objects = new ObjectStore(2);
   for (const o of options) {
     switch (o.key) {
       case 'h':

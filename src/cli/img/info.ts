@@ -1,5 +1,5 @@
 /** qemu-img info, as QEMU 7.2 prints it (ImageInfo, no child nodes). */
-import type { ImageInfo, SnapshotInfo } from '../../node.js';
+import { parseOpenTarget, type ImageInfo, type OpenTarget, type SnapshotInfo } from '../../node.js';
 import { checkImageOptsFormat, CliError, openCli, out, outputFormat, type ImageAccess } from '../common.js';
 import { ObjectStore } from '../objects.js';
 import { sizeToStr } from '../format.js';
@@ -20,12 +20,24 @@ export async function imageInfo(path: string, format: string | undefined, forceS
   const img = await openCli(path, { format, backing: false, metadataOnly: true, forceShare, ...access });
   try {
     const info = await img.info();
+    if (access.imageOpts) info.filename = nodeName(parseOpenTarget(path), img.format);
     // qemu-img 7.2 reports dirty-flag for every format whose driver answers bdrv_get_info.
     if (info['dirty-flag'] === undefined) info['dirty-flag'] = false;
     return info;
   } finally {
     await img.close();
   }
+}
+
+/**
+ * The name qemu gives an image opened with format options: its options as
+ * json: (the file alone when there are none).
+ */
+function nodeName(t: OpenTarget, format: string): string {
+  const opts = Object.entries(t.blockOptions);
+  if (opts.length === 0) return t.path;
+  const body = [...opts.map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`), `"driver": ${JSON.stringify(format)}`, `"file": {"driver": "file", "filename": ${JSON.stringify(t.path)}}`];
+  return `json:{${body.join(', ')}}`;
 }
 
 /** Walk a backing chain by name, top first, as qemu-img's collect_image_info_list does. */
