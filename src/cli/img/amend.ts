@@ -17,7 +17,9 @@ Change options of an existing image (qcow2: compat, lazy_refcounts, ...).
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
   -p, --progress         show progress
   -q, --quiet            print nothing on success
-  --force                accepted for qemu compatibility
+  --force                accepted for qemu compatibility  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdAmend(args: string[]): Promise<number> {

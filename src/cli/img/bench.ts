@@ -22,7 +22,7 @@ Run a simple read or write benchmark on a disk image.
                          flush after every write; unsafe: flushes do nothing)
   -i AIO, -n             AIO engine (threads, native, io_uring); qimg submits requests
                          its own way, so only native's need for -t none|directsync is checked
-  -q                     accepted as by qemu-img, which prints the same lines with it
+  -q                     accepted as by qemu-img, which prints the same lines with it  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdBench(args: string[]): Promise<number> {

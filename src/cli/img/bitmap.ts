@@ -29,7 +29,9 @@ the order given, and stop at the first that fails.
   -b SOURCE_FILE         the image holding SOURCE (with --merge; default: filename)
   -F SOURCE_FMT          format of SOURCE_FILE (qcow2); probed when absent
   -g GRANULARITY         bytes per bit of an added bitmap (power of 2, >= 512; with --add)
-  -f, --format=FMT       image format; probed when absent
+  -f, --format=FMT       image format; probed when absent  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 type Action = { op: 'add' | 'remove' | 'clear' | 'enable' | 'disable' } | { op: 'merge'; source: string };

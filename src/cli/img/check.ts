@@ -19,7 +19,9 @@ Check an image for consistency; with -r, repair it.
   -q, --quiet            print nothing on success
   -U, --force-share      check even while another process writes the image (not with -r)
   -T CACHE               cache mode (default writeback); with -r, unsafe skips the
-                         flushes of the repairs
+                         flushes of the repairs  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdCheck(args: string[]): Promise<number> {

@@ -16,7 +16,9 @@ reads through to the base.
   -t CACHE       cache mode (default writeback)
   -r RATE        write at most RATE bytes per second into the base (k, M, G suffixes)
   -p, --progress show progress
-  -q, --quiet    print nothing
+  -q, --quiet    print nothing  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdCommit(args: string[]): Promise<number> {

@@ -16,7 +16,9 @@ Compare the guest-visible contents of two images.
   -U, --force-share    open even while another process writes the images
   -T, --cache=MODE     source cache mode (checked; both images are only read, so no
                        mode changes what is compared)
-Exit code: 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error.
+Exit code: 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error.  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdCompare(args: string[]): Promise<number> {

@@ -7,7 +7,7 @@ import { hasHelpOption, parseOptions } from '../../node.js';
 import { convertToStdout } from './convert-stream.js';
 import { accumulate, optionHelp } from './create.js';
 
-export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
+export const convertHelp = `usage: qimg convert [--object objectdef] [--image-opts] [--target-image-opts] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
 
 Copy one or more images (concatenated) into a new image.
   -f, --source-format=FMT  format of the source images; probed when absent
@@ -36,7 +36,10 @@ Copy one or more images (concatenated) into a new image.
   -p, --progress           show progress
   -q, --quiet              print nothing
   -U, --force-share        read the sources even while another process writes them
-                           (the output is always locked)
+                           (the output is always locked)  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
+  --target-image-opts   the output name is an option string too (needs -n)
 `;
 
 const SECTOR = 512;

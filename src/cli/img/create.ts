@@ -9,7 +9,7 @@ import { CliError, err, messageOf, out, PROG } from '../common.js';
 import { ObjectStore } from '../objects.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
-export const createHelp = `usage: qimg create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
+export const createHelp = `usage: qimg create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
 
 Create a new image.
   -f, --format=FMT          raw (default), qcow2 or qed
@@ -17,7 +17,8 @@ Create a new image.
   -b, --backing=FILE        backing file; its size is used when SIZE is absent
   -F, -B, --backing-format  format of the backing file (required with -b)
   -u, --backing-unsafe      do not open the backing file
-  -q, --quiet               do not print the Formatting line
+  -q, --quiet               do not print the Formatting line  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
 `;
 
 /** Several -o options are joined with a comma, as qemu-img's accumulate_options does. */

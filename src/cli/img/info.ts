@@ -12,7 +12,9 @@ Print information about a disk image.
   -f, --format=FMT     image format (raw, qcow2, qed); probed when absent
   --output=human|json  output format (default human)
   --backing-chain      show every image of the backing chain, top first
-  -U, --force-share    open even while another process writes the image
+  -U, --force-share    open even while another process writes the image  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 /** The ImageInfo of one image as qemu-img 7.2 reports it. */

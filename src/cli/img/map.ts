@@ -12,7 +12,9 @@ Print the allocation map of a disk image, following its backing chain.
   --output=human|json       output format (default human)
   -s, --start-offset=OFFSET first byte to map (suffixes k, M, G, ...)
   -l, --max-length=LEN      bytes to map from the start offset
-  -U, --force-share         open even while another process writes the image
+  -U, --force-share         open even while another process writes the image  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export function jsonEntry(e: MapEntry): string {

@@ -6,7 +6,7 @@ import { toQemuJson } from '../json.js';
 import { getopt, parseSize } from '../options.js';
 import { accumulate } from './create.js';
 
-export const measureHelp = `usage: qimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]
+export const measureHelp = `usage: qimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] filename]
 
 Print the size an image of the output format needs.
   -O, --target-format=FMT  raw (default) or qcow2
@@ -14,7 +14,9 @@ Print the size an image of the output format needs.
   -s, --size=N             measure an empty image of N bytes
   -f, --format=FMT         format of the source image
   -U, --force-share        open even while another process writes the image
-  --output=human|json
+  --output=human|json  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 /** Protocol options qemu accepts and measure ignores. */

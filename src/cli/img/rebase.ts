@@ -18,7 +18,9 @@ copied into the image first, so the guest sees the same contents.
   -T CACHE         the backing files' cache mode (checked)
   -U, --force-share  open the new backing file even while another process writes it
   -p, --progress   show progress
-  -q, --quiet      print nothing
+  -q, --quiet      print nothing  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdRebase(args: string[]): Promise<number> {

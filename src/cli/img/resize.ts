@@ -12,7 +12,9 @@ Change the virtual size of an image: SIZE sets it, +SIZE and -SIZE change it
   --preallocation=MODE      allocate the grown area: off, metadata, falloc, full
                             (formats support a subset; growing only)
   --shrink                  allow a smaller size: everything past the new end is lost
-  -q, --quiet               print nothing on success
+  -q, --quiet               print nothing on success  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 const SIZE_HELP =

@@ -13,7 +13,9 @@ List, create, apply or delete the internal snapshots of an image (qcow2).
   -a ID_OR_NAME  revert the image to a snapshot (by id, then by name)
   -d NAME        delete the first snapshot named NAME
   -q, --quiet    quiet mode
-  -U, --force-share  list even while another process writes the image (-l only)
+  -U, --force-share  list even while another process writes the image (-l only)  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 type Action = { kind: 'list' } | { kind: 'create' | 'apply' | 'delete'; name: string };

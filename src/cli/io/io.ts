@@ -15,7 +15,7 @@ import { dumpQObject } from '../img/info.js';
 import { getopt, parseSize } from '../options.js';
 import { dropsFlushes, flushesEachWrite, parseCacheMode, type CacheMode } from '../../node.js';
 
-export const ioHelp = `usage: qimg io [-f fmt] [-r] [-s] [-U] [-d discard] [-t cache] [-c command]... [file]
+export const ioHelp = `usage: qimg io [--object objectdef] [--image-opts] [-f fmt] [-r] [-s] [-U] [-d discard] [-t cache] [-c command]... [file]
 
 Run qemu-io commands on an image; without -c, commands are read from stdin.
   -c, --cmd=STRING   command to run (repeatable), e.g. -c 'read -P 0 0 64k'
@@ -29,6 +29,9 @@ Run qemu-io commands on an image; without -c, commands are read from stdin.
   -m, --misalign     accepted: qimg's requests need no buffer alignment
   -T, --trace=EVENT  qimg has no trace events; warns as qemu-io does for an unknown one
   -U, --force-share  with -r: open even while another process writes the image
+  --object OBJDEF    secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret that
+                     key-secret options name (the only object type)
+  --image-opts       the file name is an option string: driver=FMT,file.filename=PATH,...
 
 Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, write [-cCqzu] [-P pattern] off len,
   discard [-Cq] off len, flush, aio_write, aio_flush, truncate [-m mode] off, abort, map, alloc off [count], length,
