@@ -113,7 +113,7 @@ export interface OpenOptions {
    * A key the format does not take is refused with qemu's message.
    */
   blockOptions?: Readonly<Record<string, string>>;
-  /** The top image's key, for a caller with no secret objects (overrides no key-secret option). */
+  /** The top image's key, used when no key-secret option names a secret (callers without secret ids). */
   passphrase?: string | Uint8Array;
   /** qemu's file.locking: 'off' takes no locks on the top image file. */
   locking?: LockingMode;
