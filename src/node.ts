@@ -26,3 +26,6 @@ export { ddImageFile, type DdFileOptions } from './node/dd.js';
 export { commitImageFile, type CommitFileOptions } from './node/commit.js';
 // amend: options of an existing image changed in place (qemu-img amend)
 export { amendImageFile, amendOptionHelp, amendOptionsToBag, type AmendOptions, type AmendFileOptions, type AmendFileResult } from './node/amend.js';
+
+// Secrets and image options (--object secret, --image-opts)
+export { imageAccess, type ImageAccessOptions } from './node/open.js';
