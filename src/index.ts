@@ -180,3 +180,7 @@ export { legacyAesCipher } from './crypto/legacy-aes.js';
 
 // amend refcount_bits and size: what a format's amend hook gets from its caller
 export type { AmendContext } from './block/format.js';
+// Secrets and image options (--object secret, --image-opts)
+export { parseOptions, type OptionSyntax, type ParsedOptions } from './block/options.js';
+export { parseOpenTarget, openTargetFromOptions, type OpenTarget, type LockingMode } from './block/open-target.js';
+export { lookupSecret, requireEncryptionKey, secretBytes, type SecretMap } from './block/secrets.js';

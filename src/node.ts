@@ -29,3 +29,5 @@ export { amendImageFile, amendOptionHelp, amendOptionsToBag, type AmendOptions, 
 
 // Encryption: the Node crypto provider (OpenSSL where it has the algorithm)
 export { nodeCrypto } from './io/crypto.js';
+// Secrets and image options (--object secret, --image-opts)
+export { imageAccess, type ImageAccessOptions } from './node/open.js';

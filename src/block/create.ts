@@ -13,6 +13,7 @@ import { formatDescriptor, type CreateContext } from './format.js';
 import { openImage, type Host } from './open.js';
 import type { OptionBag } from './options.js';
 import { parseFormatName } from './probe.js';
+import type { SecretMap } from './secrets.js';
 
 
 /** Typed creation options: `format`, `size` and the format's keys (see CreateImageOptions). */
@@ -29,7 +30,7 @@ export interface TypedCreateOptions {
 export async function createImage(storage: Storage, options: TypedCreateOptions, ctx: Partial<CreateContext> = {}): Promise<void> {
   if (options.size === undefined) throw new ImageError('bad-argument', 'Image creation needs a size parameter');
   const bag = optionsToBag(options.format, { ...options });
-  await formatDescriptor(options.format).create(storage, bag, { codecs: ctx.codecs ?? NO_CODECS, openDataFile: ctx.openDataFile });
+  await formatDescriptor(options.format).create(storage, bag, { codecs: ctx.codecs ?? NO_CODECS, openDataFile: ctx.openDataFile, secrets: ctx.secrets, crypto: ctx.crypto });
 }
 
 export interface CreateOnHostRequest {
@@ -42,6 +43,8 @@ export interface CreateOnHostRequest {
   backingUnsafe?: boolean;
   /** Receives qemu-img's "Formatting 'FILE', fmt=..." line before the image is written. */
   onFormatting?: (line: string) => void;
+  /** Secrets by id (qemu's --object secret), for encrypt.key-secret; also opens an encrypted backing file. */
+  secrets?: SecretMap;
 }
 
 /**
@@ -71,7 +74,7 @@ export async function createImageOn(host: Host, filename: string, req: CreateOnH
       const fmt = backingFmt === undefined ? undefined : parseFormatName(backingFmt);
       if (backingFmt !== undefined && fmt === undefined) throw new ImageError('unsupported', `Unknown driver '${backingFmt}'`);
       // As qemu: the backing file is only looked at, so it may be in use (a live snapshot).
-      const img = await openImage(full, { host, format: fmt, forceShare: true, metadataOnly: true });
+      const img = await openImage(full, { host, format: fmt, forceShare: true, metadataOnly: true, secrets: req.secrets });
       detected = img.format;
       backingSize = img.size;
       await img.close();
@@ -103,6 +106,8 @@ export async function createFormattedOn(host: Host, filename: string, req: Creat
     await d.create(storage, bag, {
       codecs: host.codecs,
       openDataFile: (name) => host.createStorage!(name),
+      secrets: req.secrets,
+      crypto: host.crypto,
     });
   } finally {
     await storage.close();

@@ -146,6 +146,15 @@ export interface DriverContext {
   crypto?: CryptoProvider;
   /** Where the lines qemu prints on stderr while opening go (see OpenOptions.onWarning). */
   onWarning?: (message: string) => void;
+  /**
+   * This layer's key: the bytes of the secret its key-secret option names
+   * (a backing layer's comes from `backing.`-prefixed options), or the
+   * caller's passphrase for the top layer. Use requireEncryptionKey
+   * (block/secrets.ts), which gives qemu's errors when it is missing.
+   */
+  encryptionKey?: Uint8Array;
+  /** The secret id this layer's key-secret option names (set even when no such secret exists). */
+  encryptionKeySecret?: string;
 }
 
 export type DriverOpener = (ctx: DriverContext) => Promise<FormatDriver>;

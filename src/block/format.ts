@@ -5,6 +5,8 @@
  * dispatch through the descriptor; nothing above formats/ names a format's
  * internals, so a new format is one folder and one registration.
  */
+import type { SecretMap } from './secrets.js';
+import type { CryptoProvider } from '../crypto/provider.js';
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
@@ -21,6 +23,10 @@ export interface CreateContext {
   codecs: Codecs;
   /** Create (truncate) an external data file the options name (qcow2 data_file). */
   openDataFile?(name: string): Promise<Storage>;
+  /** Secrets by id, for options that name one (encrypt.key-secret). */
+  secrets?: SecretMap;
+  /** Ciphers and key derivation for encrypted images; the portable ones when absent. */
+  crypto?: CryptoProvider;
 }
 
 /** qemu-img measure's answer (QAPI BlockMeasureInfo). */
@@ -61,6 +67,13 @@ export interface FormatDescriptor {
   /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */
   probe?(head: Uint8Array): boolean;
   readonly open: DriverOpener;
+  /**
+   * The open options (qemu's runtime options, --image-opts) this format
+   * takes besides `backing.*`, e.g. `encrypt.key-secret`. Absent: none.
+   * A key-secret option named here gets its secret resolved into the
+   * driver's context (DriverContext.encryptionKey).
+   */
+  readonly openOptions?: readonly string[];
   /** The -o options of this format, in the order qemu prints them on its Formatting line. */
   readonly createOptions: readonly OptionSpec[];
   /**

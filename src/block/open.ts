@@ -15,6 +15,8 @@ import { dataFilePermissions, imagePermissions } from './perms.js';
 import { parseFormatName, probeStorage } from './probe.js';
 import { noTemporarySnapshots, type InternalSnapshotRef } from './snapshot.js';
 import type { CryptoProvider } from '../crypto/provider.js';
+import type { LockingMode } from './open-target.js';
+import { secretBytes, type SecretMap } from './secrets.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
 export interface Host {
@@ -107,6 +109,23 @@ export interface OpenOptions {
    * runs, each line ending in a newline. Not called otherwise.
    */
   onWarning?: (message: string) => void;
+  /**
+   * Secrets by id, as qemu's `--object secret,id=ID,...` gives them (a
+   * string is its UTF-8 bytes). Only looked up where an option names them;
+   * never read from the environment, never shown in a message.
+   */
+  secrets?: SecretMap;
+  /**
+   * The image's open options in qemu's dotted keys, as --image-opts takes
+   * them: `{ 'encrypt.key-secret': 'sec0', 'backing.encrypt.key-secret':
+   * 'sec1' }`. `backing.` options go to the backing file (recursively).
+   * A key the format does not take is refused with qemu's message.
+   */
+  blockOptions?: Readonly<Record<string, string>>;
+  /** The top image's key, used when no key-secret option names a secret (callers without secret ids). */
+  passphrase?: string | Uint8Array;
+  /** qemu's file.locking: 'off' takes no locks on the top image file. */
+  locking?: LockingMode;
 }
 
 /** Writes a new empty overlay image over a backing file into `storage` (snapshot mode). */
@@ -132,6 +151,19 @@ export async function openImage(path: string, opts: OpenOptions): Promise<Image>
   return openLayer(path, opts.format, opts, [], 0);
 }
 
+/** This layer's own options and what its backing file gets (the `backing.` prefix removed). */
+function splitLayerOptions(all: Readonly<Record<string, string>> | undefined, fmt: ImageFormat, backingOpened: boolean): { own: Record<string, string>; backing: Record<string, string> } {
+  const own: Record<string, string> = {};
+  const backing: Record<string, string> = {};
+  const descriptor = formatDescriptor(fmt);
+  for (const [key, value] of Object.entries(all ?? {})) {
+    if (key.startsWith('backing.') && backingOpened && descriptor.supportsBacking) backing[key.slice(8)] = value;
+    else if (descriptor.openOptions?.includes(key)) own[key] = value;
+    else throw new ImageError('bad-argument', `Block format '${fmt}' does not support the option '${key}'`);
+  }
+  return { own, backing };
+}
+
 /**
  * Snapshot mode: the image and its chain open read-only, so nothing below
  * the overlay can be written whatever the caller does; the overlay lives in
@@ -145,7 +177,8 @@ async function openUnderOverlay(path: string, opts: OpenOptions): Promise<Image>
     const tmp = await host.temporaryStorage();
     try {
       await overlay.create(tmp.storage, { size: base.size, backingFile: await host.identity(path), backingFormat: base.format }, host.codecs);
-      const driver = await openDriver(tmp.storage, overlay.format, { ...opts, metadataOnly: false, forceShare: false }, tmp.name, true);
+      const overlayOpts = { ...opts, metadataOnly: false, forceShare: false, blockOptions: undefined, passphrase: undefined, locking: undefined };
+      const driver = await openDriver(tmp.storage, overlay.format, overlayOpts, tmp.name, true);
       return new BlockImage({ driver, filename: tmp.name, backing: base, backingPath: base.filename });
     } catch (e) {
       await tmp.storage.close().catch(() => {});
@@ -182,6 +215,7 @@ async function openLayer(
 
   let backing: Image | null = null;
   let backingPath: string | undefined;
+  const backingOptions = splitLayerOptions(opts.blockOptions, driver.format, opts.backing !== false).backing;
   if (driver.backing) {
     backingPath = host.resolve(path, driver.backing.name);
     if (opts.backing !== false) {
@@ -191,7 +225,8 @@ async function openLayer(
         if (driver.backing.format !== undefined && bfmt === undefined) {
           throw new ImageError('unsupported', `Unknown driver '${driver.backing.format}'`);
         }
-        backing = await openLayer(backingPath, bfmt, { ...opts, writable: false, internalSnapshot: undefined }, [...seen, id], depth + 1);
+        const layer = { ...opts, writable: false, internalSnapshot: undefined, passphrase: undefined, locking: undefined, blockOptions: backingOptions };
+        backing = await openLayer(backingPath, bfmt, layer, [...seen, id], depth + 1);
       } catch (e) {
         await driver.close().catch(() => {});
         throw e instanceof ImageError && e.code !== 'invalid' && !e.message.startsWith('Could not open backing file')
@@ -219,7 +254,11 @@ async function openDriver(
   const opener = descriptor.open;
   // Locked once the format is known (it decides the permissions), before the header is trusted.
   const req = { writable, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare };
-  await storage.setPermissions?.(imagePermissions(fmt, req));
+  if (opts.locking !== 'off') await storage.setPermissions?.(imagePermissions(fmt, req));
+  const { own } = splitLayerOptions(opts.blockOptions, fmt, opts.backing !== false);
+  const keySecret = descriptor.openOptions?.find((k) => k === 'key-secret' || k.endsWith('.key-secret'));
+  const secretId = keySecret === undefined ? undefined : own[keySecret];
+  const secret = secretId === undefined ? opts.passphrase : opts.secrets && Object.prototype.hasOwnProperty.call(opts.secrets, secretId) ? opts.secrets[secretId] : undefined;
   const ctx: DriverContext = {
     storage,
     writable,
@@ -229,6 +268,8 @@ async function openDriver(
     internalSnapshot: opts.internalSnapshot,
     crypto: opts.host.crypto,
     onWarning: opts.onWarning,
+    encryptionKey: secret === undefined ? undefined : secretBytes(secret),
+    encryptionKeySecret: secretId,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
       // qemu names the data file's node by the name the image records (it

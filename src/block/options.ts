@@ -6,31 +6,107 @@
 import { ImageError } from '../errors.js';
 import { parseSize } from '../units.js';
 
-export function parseOptionList(text: string): Array<[string, string]> {
-  const out: Array<[string, string]> = [];
-  let i = 0;
+/**
+ * The three dialects of qemu's option strings, one parser:
+ * - `opts` (QemuOpts: -o, --image-opts, -T, -l): a bare key means key=on;
+ *   with `impliedKey`, a first item without '=' is that key's value.
+ * - `keyval` (--object): a key needs '='; the implied value ends at the
+ *   first comma; `help` or `?` anywhere asks for help.
+ * - `strict` on top of `opts`: qemu-img's own check of an -o argument (not
+ *   empty, no leading comma, no lone trailing comma).
+ * Everywhere a doubled comma is a literal one and a lone trailing comma ends
+ * the list.
+ */
+export interface OptionSyntax {
+  dialect?: 'opts' | 'keyval';
+  impliedKey?: string;
+  strict?: boolean;
+}
+
+export interface ParsedOptions {
+  entries: Array<[string, string]>;
+  /** A `help` or `?` item (keyval), asking for the list of options. */
+  help: boolean;
+  /** Keys written bare (key for key=on), which qemu warns about. */
+  shortForm: string[];
+}
+
+/** qemu-img's is_valid_option_list: an odd run of trailing commas is a lone separator. */
+function validOptionList(text: string): boolean {
+  if (text === '' || text.startsWith(',')) return false;
+  let n = 0;
+  while (n < text.length && text[text.length - 1 - n] === ',') n++;
+  return n % 2 === 0;
+}
+
+/** Read up to an unescaped comma (or, with `stopAtEquals`, an '='); returns [text, next index]. */
+function readUntil(text: string, i: number, stopAtEquals: boolean): [string, number] {
+  let s = '';
   while (i < text.length) {
-    let item = '';
-    while (i < text.length) {
-      if (text[i] === ',') {
-        if (text[i + 1] === ',') {
-          item += ',';
-          i += 2;
-          continue;
-        }
-        break;
-      }
-      item += text[i++];
+    const c = text[i]!;
+    if (stopAtEquals && c === '=') break;
+    if (c === ',') {
+      if (text[i + 1] !== ',') break;
+      i++;
     }
-    i++; // the separating comma
-    if (item === '') {
-      if (i <= text.length) throw new ImageError('bad-argument', `Invalid option list: ${text}`);
-      continue;
-    }
-    const eq = item.indexOf('=');
-    out.push(eq < 0 ? [item, 'on'] : [item.slice(0, eq), item.slice(eq + 1)]);
+    s += c;
+    i++;
   }
-  return out;
+  return [s, i];
+}
+
+export function parseOptions(text: string, syntax: OptionSyntax = {}): ParsedOptions {
+  if (syntax.strict && !validOptionList(text)) throw new ImageError('bad-argument', `Invalid option list: ${text}`);
+  const result: ParsedOptions = { entries: [], help: false, shortForm: [] };
+  const keyval = syntax.dialect === 'keyval';
+  let i = 0;
+  let first = true;
+  while (i < text.length) {
+    if (keyval) {
+      // keyval keys have no escapes: a key ends at '=' or ','.
+      let end = i;
+      while (end < text.length && text[end] !== '=' && text[end] !== ',') end++;
+      const key = text.slice(i, end);
+      if (text[end] !== '=' && (key === 'help' || key === '?')) {
+        result.help = true;
+      } else if (text[end] !== '=' && first && key !== '' && syntax.impliedKey !== undefined) {
+        result.entries.push([syntax.impliedKey, key]);
+      } else if (key === '') {
+        throw new ImageError('bad-argument', "Invalid parameter ''");
+      } else if (text[end] !== '=') {
+        throw new ImageError('bad-argument', `Expected '=' after parameter '${key}'`);
+      } else {
+        const [value, next] = readUntil(text, end + 1, false);
+        result.entries.push([key, value]);
+        end = next;
+      }
+      i = end + 1;
+    } else {
+      const [key, at] = readUntil(text, i, true);
+      if (text[at] === '=') {
+        const [value, next] = readUntil(text, at + 1, false);
+        result.entries.push([key, value]);
+        i = next + 1;
+      } else {
+        if (first && syntax.impliedKey !== undefined) result.entries.push([syntax.impliedKey, key]);
+        else if (key !== '' || at < text.length) {
+          if (key === '' && syntax.strict) throw new ImageError('bad-argument', `Invalid option list: ${text}`);
+          if (key !== '') {
+            result.entries.push([key, 'on']);
+            result.shortForm.push(key);
+          }
+        }
+        i = at + 1;
+      }
+    }
+    first = false;
+  }
+  return result;
+}
+
+/** An -o list (qemu-img's strict QemuOpts). */
+export function parseOptionList(text: string): Array<[string, string]> {
+  return parseOptions(text, { strict: true }).entries;
 }
 
 const sizeHelp =

@@ -38,24 +38,24 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
     syntax:
       'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap',
   },
-  check: { run: cmdCheck, syntax: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename' },
+  check: { run: cmdCheck, syntax: 'check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename' },
   commit: {
     run: cmdCommit,
     syntax: 'commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename',
   },
-  compare: { run: cmdCompare, syntax: 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
+  compare: { run: cmdCompare, syntax: 'compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2' },
   convert: {
     run: cmdConvert,
-    syntax: 'convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename',
+    syntax: 'convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename',
   },
-  create: { run: cmdCreate, syntax: 'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
+  create: { run: cmdCreate, syntax: 'create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]' },
   dd: {
     run: cmdDd,
     syntax: 'dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output',
   },
-  info: { run: cmdInfo, syntax: 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
-  measure: { run: cmdMeasure, syntax: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
-  map: { run: cmdMap, syntax: 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename' },
+  info: { run: cmdInfo, syntax: 'info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename' },
+  measure: { run: cmdMeasure, syntax: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]' },
+  map: { run: cmdMap, syntax: 'map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename' },
   resize: {
     run: cmdResize,
     syntax: 'resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size',
@@ -68,7 +68,7 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
     run: cmdRebase,
     syntax: 'rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
   },
-  io: { run: cmdIo, syntax: "io [-f fmt] [-r] [-U] [-c 'command']... filename" },
+  io: { run: cmdIo, syntax: "io [--object objectdef] [--image-opts] [-f fmt] [-r] [-U] [-c 'command']... filename" },
 };
 
 export function version(): string {

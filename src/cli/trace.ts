@@ -5,38 +5,17 @@
  * that matches nothing; here that would hide that no tracing happens).
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
+import { parseOptions } from '../node.js';
 import { CliError, err, PROG, strerror } from './common.js';
 
-/** QemuOpts syntax with "enable" as the implied first key; ",," is a comma. */
+/** QemuOpts syntax with "enable" as the implied first key. */
 function parseTraceOpts(text: string): Map<string, string> {
-  const items: string[] = [];
-  let cur = '';
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] === ',') {
-      if (text[i + 1] === ',') {
-        cur += ',';
-        i++;
-        continue;
-      }
-      items.push(cur);
-      cur = '';
-      continue;
-    }
-    cur += text[i];
-  }
-  items.push(cur);
   const opts = new Map<string, string>();
-  items.forEach((item, n) => {
-    const eq = item.indexOf('=');
-    if (eq < 0 && n === 0) {
-      if (item !== '') opts.set('enable', item);
-      return;
-    }
-    const key = eq < 0 ? item : item.slice(0, eq);
-    if (key === '') return;
+  for (const [key, value] of parseOptions(text, { impliedKey: 'enable' }).entries) {
+    if (key === '' || (key === 'enable' && value === '')) continue;
     if (key !== 'enable' && key !== 'events' && key !== 'file') throw new CliError(`Invalid parameter '${key}'`);
-    opts.set(key, eq < 0 ? 'on' : item.slice(eq + 1));
-  });
+    opts.set(key, value);
+  }
   return opts;
 }
 

@@ -30,6 +30,10 @@ export interface Qcow2CreateImageOptions {
   dataFile?: string;
   /** data_file_raw: the data file stays a valid raw image. */
   dataFileRaw?: boolean;
+  /** encrypt.format: 'luks' or 'aes' (needs encryptKeySecret and the secret in the call's secrets). */
+  encryptFormat?: 'luks' | 'aes';
+  /** encrypt.key-secret: the id of the secret holding the passphrase. */
+  encryptKeySecret?: string;
 }
 
 export interface QedCreateImageOptions {

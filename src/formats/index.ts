@@ -5,10 +5,12 @@ import { createQcow2 } from './qcow2/create.js';
 import { qcow2Format } from './qcow2/descriptor.js';
 import { qedFormat } from './qed/descriptor.js';
 import { rawFormat } from './raw/descriptor.js';
+import { luksFormat } from './luks/descriptor.js';
 
 registerFormat(rawFormat);
 registerFormat(qcow2Format);
 registerFormat(qedFormat);
+registerFormat(luksFormat);
 
 // Snapshot mode's overlay: qcow2 with qemu's defaults, as qemu's temporary snapshot.
 registerOverlayFormat('qcow2', (storage, o, codecs) =>

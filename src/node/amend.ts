@@ -11,10 +11,10 @@ import { FileStorage } from '../io/file.js';
 import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
-import { openImageFile } from './open.js';
 import { nodeHost } from './host.js';
 import { borrowed, openImage, type Host } from '../block/open.js';
 import { resizeImage } from '../ops/resize.js';
+import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 import { couldNotOpen } from './errors.js';
 import { probedRawWarning } from './check.js';
 
@@ -35,7 +35,7 @@ export interface AmendOptions {
   dataFileRaw?: boolean;
 }
 
-export interface AmendFileOptions extends Pick<OperationOptions, 'signal' | 'onProgress'> {
+export interface AmendFileOptions extends Pick<OperationOptions, 'signal' | 'onProgress'>, ImageAccessOptions {
   /** The image's format; probed when absent. */
   format?: string;
   /** qemu's cache mode; `unsafe` skips the flushes. Default writeback. */
@@ -83,7 +83,7 @@ export function amendOptionsToBag(o: AmendOptions): OptionBag {
 export async function amendImageFile(path: string, options: AmendOptions | string, opts: AmendFileOptions = {}): Promise<AmendFileResult> {
   throwIfAborted(opts.signal);
   // Before the writable open, whose lock a second open of the same file would meet.
-  await filesItNamesOpen(path, opts.format);
+  await filesItNamesOpen(path, opts.format, imageAccess(opts));
   let storage: Storage;
   try {
     storage = await FileStorage.open(path, { writable: true, unsafe: dropsFlushes(opts.cache ?? 'writeback') });
@@ -140,16 +140,15 @@ export function amendOptionHelp(format: string): string {
  * qemu-img amend opens the image with its backing chain and data file, so
  * one of those that cannot be opened fails the amendment before it starts.
  */
-async function filesItNamesOpen(path: string, format: string | undefined): Promise<void> {
+async function filesItNamesOpen(path: string, format: string | undefined, access: ImageAccessOptions): Promise<void> {
   const named = format === undefined ? undefined : parseFormatName(format);
   if (format !== undefined && named === undefined) return;
   let img;
   try {
-    img = await openImageFile(path, { format: named });
+    img = await openImageFile(path, { format: named, ...access });
   } catch (e) {
     if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(path, e);
-    // qemu opens an encrypted image with its key before amending anything (it has no -o for the secret here).
-    if (e instanceof ImageError && e.code === 'needs-secret') throw couldNotOpen(path, e);
+    if (e instanceof ImageError && (e.code === 'needs-secret' || e.message.startsWith('Block format '))) throw couldNotOpen(path, e);
     if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(path, e);
     return;
   }
@@ -176,8 +175,6 @@ async function resizeOver(storage: Storage, path: string, format: ImageFormat, s
 
 /** qemu's option list parse, which also refuses a list ending in a lone comma (an empty last item). */
 function parseAmendList(text: string): OptionBag {
-  const trailing = /,+$/.exec(text)?.[0].length ?? 0;
-  if (trailing % 2 === 1) throw new ImageError('bad-argument', `Invalid option list: ${text}`);
   return OptionBag.parse(text);
 }
 

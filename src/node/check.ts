@@ -11,10 +11,10 @@ import { FileStorage } from '../io/file.js';
 import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
-import { openImageFile } from './open.js';
+import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 import { couldNotOpen } from './errors.js';
 
-export interface CheckFileOptions extends Pick<OperationOptions, 'signal'> {
+export interface CheckFileOptions extends Pick<OperationOptions, 'signal'>, ImageAccessOptions {
   /** The image's format; probed when absent. */
   format?: string;
   /** Repair leaked clusters, or every error that can be repaired (the file is opened for writing). */
@@ -67,7 +67,7 @@ export async function checkImageFile(path: string, opts: CheckFileOptions = {}):
     }
     let result: CheckResult;
     try {
-      await filesItNamesOpen(path, format);
+      await filesItNamesOpen(path, format, imageAccess(opts));
       throwIfAborted(opts.signal);
       result = await checkImageStorage(storage, format, repair);
     } catch (e) {
@@ -104,13 +104,17 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
  * Other open failures are left to the check itself, which reports damage
  * qimg's regular open would refuse.
  */
-async function filesItNamesOpen(path: string, format: ImageFormat): Promise<void> {
+async function filesItNamesOpen(path: string, format: ImageFormat, access: ImageAccessOptions): Promise<void> {
   let img;
   try {
-    img = await openImageFile(path, { format });
+    img = await openImageFile(path, { format, ...access });
   } catch (e) {
     // The image itself is open already, so a file that cannot be opened is one it names.
     if (e instanceof ImageError && /^Could not open (backing file|')/.test(e.message)) throw e;
+    // An open option the format does not take (--image-opts).
+    if (e instanceof ImageError && e.message.startsWith('Block format ')) throw e;
+    // qemu checks an encrypted image only once it is open with its key (the check itself reads metadata only).
+    if (isImageError(e, 'needs-secret', 'bad-secret')) throw e;
     return;
   }
   await img.close();

@@ -15,11 +15,11 @@ import { commitImage } from '../ops/commit.js';
 import { throwIfAborted, type OperationOptions } from '../ops/operation.js';
 import type { ImageFormat } from '../block/driver.js';
 import { nodeHost, resolveImplicitPath } from './host.js';
-import { openImageFile } from './open.js';
+import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 import { couldNotOpen, namedFormat } from './errors.js';
 import { probedRawWarning } from './check.js';
 
-export interface CommitFileOptions extends OperationOptions {
+export interface CommitFileOptions extends OperationOptions, ImageAccessOptions {
   /** The top image's format (-f); probed when absent. */
   format?: string;
   /**
@@ -60,7 +60,7 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
   {
     let probe: Image;
     try {
-      probe = await openImageFile(path, { format, metadataOnly: true, forceShare: true });
+      probe = await openImageFile(path, { format, metadataOnly: true, forceShare: true, ...imageAccess(opts) });
     } catch (e) {
       throw couldNotOpen(path, e);
     }
@@ -84,7 +84,7 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
 
   let base: Image;
   try {
-    base = await openImageFile(target.path, { format: target.format, writable: true, backing: false, unsafe, onWarning: opts.onWarning });
+    base = await openImageFile(target.path, { format: target.format, writable: true, backing: false, unsafe, secrets: opts.secrets, onWarning: opts.onWarning });
   } catch (e) {
     // qemu finds a base in use when the commit job asks for write permission: the lock message alone.
     if (isImageError(e, 'locked')) throw e;
@@ -98,7 +98,7 @@ export async function commitImageFile(path: string, opts: CommitFileOptions = {}
       openStorage: async (p, o) => ((await nodeHost.identity(p)) === baseId ? shared(base.driver.storage) : nodeHost.openStorage(p, o)),
     };
     try {
-      top = await openImageFile(path, { format, writable: true, unsafe, host, onWarning: opts.onWarning });
+      top = await openImageFile(path, { format, writable: true, unsafe, host, ...imageAccess(opts), onWarning: opts.onWarning });
     } catch (e) {
       throw couldNotOpen(path, e);
     }

@@ -24,13 +24,19 @@ import { abortError, throwIfAborted, type OperationOptions } from '../ops/operat
 import { rateLimited } from '../ops/ratelimit.js';
 import { writethroughTarget } from '../ops/writethrough.js';
 import { nodeHost } from './host.js';
-import { openImageFile } from './open.js';
+import { openImageFile, type ImageAccessOptions } from './open.js';
 import { SnapshotLoadError, type InternalSnapshotRef } from '../block/snapshot.js';
 import { couldNotOpen, messageOf, namedFormat } from './errors.js';
 
 const SECTOR = 512;
 
 export interface ConvertFileOptions extends OperationOptions {
+  /** Secrets by id for the sources' and the target's key-secret options (see OpenOptions.secrets). */
+  secrets?: ImageAccessOptions['secrets'];
+  /** Open options for every source (qemu's --image-opts), e.g. `{ 'encrypt.key-secret': 'sec0' }`. */
+  sourceBlockOptions?: ImageAccessOptions['blockOptions'];
+  /** Open options for the target, which must exist (qemu's --target-image-opts with -n). */
+  targetBlockOptions?: ImageAccessOptions['blockOptions'];
   /** Output format (default raw). */
   format?: string;
   /** Format of the sources; probed when absent. */
@@ -151,7 +157,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
     let clusterSize: number | undefined;
     if (isImageFmt) {
       try {
-        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe });
+        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe, secrets: opts.secrets, blockOptions: opts.targetBlockOptions });
       } catch (e) {
         throw couldNotOpen(output, e);
       }
@@ -226,7 +232,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
 async function openSource(path: string, opts: ConvertFileOptions, internalSnapshot: InternalSnapshotRef | undefined): Promise<Image> {
   const format = namedFormat(path, opts.sourceFormat);
   try {
-    return await openImageFile(path, { format, forceShare: opts.forceShare, internalSnapshot });
+    return await openImageFile(path, { format, forceShare: opts.forceShare, internalSnapshot, secrets: opts.secrets, blockOptions: opts.sourceBlockOptions });
   } catch (e) {
     // qemu loads the snapshot once the image is open: its errors are not open errors.
     if (e instanceof SnapshotLoadError) throw e;

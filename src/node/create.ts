@@ -3,12 +3,15 @@ import { createImageOn } from '../block/create.js';
 import { optionsToBag } from '../block/create-options.js';
 import type { CreateImageOptions } from '../formats/create-types.js';
 import { nodeHost } from './host.js';
+import type { SecretMap } from '../block/secrets.js';
 
 export interface CreateFileOptions {
   /** Do not open the backing file (qemu-img create -u): its size must then be given. */
   backingUnsafe?: boolean;
   /** Receives qemu-img's "Formatting 'FILE', fmt=..." line. */
   onFormatting?: (line: string) => void;
+  /** Secrets by id for encrypt.key-secret (as qemu's --object secret): id to passphrase. */
+  secrets?: SecretMap;
 }
 
 /**
@@ -28,5 +31,6 @@ export async function createImageFile(path: string, options: CreateImageOptions,
     size,
     backingUnsafe: opts.backingUnsafe,
     onFormatting: opts.onFormatting,
+    secrets: opts.secrets,
   });
 }

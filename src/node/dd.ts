@@ -12,9 +12,12 @@ import { ddImage, planDd, type DdOptions } from '../ops/dd.js';
 import { throwIfAborted } from '../ops/operation.js';
 import { nodeHost } from './host.js';
 import { openImageFile } from './open.js';
+import type { SecretMap } from '../block/secrets.js';
 import { couldNotOpen, namedFormat, prefixedError } from './errors.js';
 
 export interface DdFileOptions extends DdOptions {
+  /** Secrets by id (qemu's --object secret), for images whose options name one. */
+  secrets?: SecretMap;
   /** The input's format (-f); probed when absent. */
   format?: string;
   /** The output's format (-O). Default raw. */
@@ -40,7 +43,7 @@ export async function ddImageFile(input: string, output: string, opts: DdFileOpt
   const format = namedFormat(input, opts.format);
   let src: Image;
   try {
-    src = await openImageFile(input, { format, forceShare: opts.forceShare });
+    src = await openImageFile(input, { format, forceShare: opts.forceShare, secrets: opts.secrets });
   } catch (e) {
     throw couldNotOpen(input, e);
   }
@@ -56,7 +59,7 @@ export async function ddImageFile(input: string, output: string, opts: DdFileOpt
       throw prefixedError(`${output}: error while creating output image: `, e);
     }
     try {
-      dst = await openImageFile(output, { format: descriptor.name, writable: true });
+      dst = await openImageFile(output, { format: descriptor.name, writable: true, secrets: opts.secrets });
     } catch (e) {
       throw couldNotOpen(output, e);
     }

@@ -19,3 +19,13 @@ export type OpenFileOptions = Omit<OpenOptions, 'host'> & { host?: Host };
 export function openImageFile(path: string, opts: OpenFileOptions = {}): Promise<Image> {
   return openImage(path, { ...opts, host: opts.host ?? nodeHost });
 }
+
+/**
+ * How a file operation reaches secrets and qemu's open options: they apply
+ * to the image the operation names (its backing chain takes `backing.`
+ * options); other images it opens get `secrets` only.
+ */
+export type ImageAccessOptions = Pick<OpenOptions, 'secrets' | 'blockOptions' | 'passphrase' | 'locking'>;
+
+/** The access options of `o` alone, to spread into an openImageFile call. */
+export const imageAccess = (o: ImageAccessOptions): ImageAccessOptions => ({ secrets: o.secrets, blockOptions: o.blockOptions, passphrase: o.passphrase, locking: o.locking });

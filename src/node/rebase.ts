@@ -12,10 +12,10 @@ import { throwIfAborted, type OperationOptions } from '../ops/operation.js';
 import { rebaseImage } from '../ops/rebase.js';
 import { probedRawWarning } from './check.js';
 import { nodeHost, resolveImplicitPath } from './host.js';
-import { openImageFile } from './open.js';
+import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 import { couldNotOpen, namedFormat, prefixedError } from './errors.js';
 
-export interface RebaseFileOptions extends OperationOptions {
+export interface RebaseFileOptions extends OperationOptions, ImageAccessOptions {
   /** The image's format; probed when absent. */
   format?: string;
   /** The new backing file's format, recorded in the image (required unless backingFile is ''). */
@@ -57,7 +57,7 @@ export async function rebaseImageFile(path: string, backingFile: string, opts: R
   let image: Image;
   try {
     // Unsafe mode never reads the backing files, so it does not open them (a missing one is fine).
-    image = await openImageFile(path, { format, writable: true, backing: !unsafe, unsafe: dropsFlushes(cache), onWarning: opts.onWarning });
+    image = await openImageFile(path, { format, writable: true, backing: !unsafe, unsafe: dropsFlushes(cache), ...imageAccess(opts), onWarning: opts.onWarning });
   } catch (e) {
     throw couldNotOpen(path, e);
   }
@@ -71,7 +71,7 @@ export async function rebaseImageFile(path: string, backingFile: string, opts: R
       if (!newBacking) {
         const bfmt = opts.backingFormat === undefined ? undefined : parseFormatName(opts.backingFormat);
         try {
-          newBacking = await openImageFile(resolved, { format: bfmt, forceShare: opts.forceShare });
+          newBacking = await openImageFile(resolved, { format: bfmt, forceShare: opts.forceShare, secrets: opts.secrets });
         } catch (e) {
           throw prefixedError(`Could not open new backing file '${backingFile}': `, e);
         }

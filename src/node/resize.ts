@@ -4,9 +4,9 @@ import { ImageError } from '../errors.js';
 import { resizeImage, resolveResizeSize, type ResizeOptions } from '../ops/resize.js';
 import { throwIfAborted } from '../ops/operation.js';
 import { parseSize } from '../units.js';
-import { openImageFile } from './open.js';
+import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 
-export interface ResizeFileOptions extends ResizeOptions {
+export interface ResizeFileOptions extends ResizeOptions, ImageAccessOptions {
   /** The image's format; probed when absent. */
   format?: string;
   /** Receives what qemu prints on stderr while opening (a dirty image's repair). */
@@ -36,7 +36,7 @@ export async function resizeImageFile(path: string, size: number | string, opts:
   }
   const format = opts.format === undefined ? undefined : parseFormatName(opts.format);
   if (opts.format !== undefined && format === undefined) throw new ImageError('unsupported', `Unknown driver '${opts.format}'`);
-  const image = await openImageFile(path, { format, writable: true, onWarning: opts.onWarning });
+  const image = await openImageFile(path, { format, writable: true, ...imageAccess(opts), onWarning: opts.onWarning });
   try {
     await resizeImage(image, resolveResizeSize(image.size, amount, sign), opts);
     return image.size;

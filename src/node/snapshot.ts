@@ -7,10 +7,10 @@ import { applySnapshotOn, createSnapshotOn, deleteSnapshotOn, listSnapshotsOn } 
 import { ImageError } from '../errors.js';
 import { FileStorage } from '../io/file.js';
 import { probedRawWarning } from './check.js';
-import { openImageFile } from './open.js';
+import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 import { couldNotOpen } from './errors.js';
 
-export interface SnapshotFileOptions {
+export interface SnapshotFileOptions extends ImageAccessOptions {
   /** Read even while another process writes the image (-U; listing only). */
   forceShare?: boolean;
   /** Receives qemu's warnings (a probed raw image opened for writing). */
@@ -85,7 +85,7 @@ async function withImageFile<T>(
   if (opts.forceShare && writable) throw couldNotOpen(path, new ImageError('bad-argument', 'force-share=on can only be used with read-only images'));
   let format: ImageFormat;
   try {
-    const img = await openImageFile(path, { writable, forceShare: opts.forceShare, backing: false, onWarning: opts.onWarning });
+    const img = await openImageFile(path, { writable, forceShare: opts.forceShare, backing: false, ...imageAccess(opts), onWarning: opts.onWarning });
     format = img.format;
     await img.close();
   } catch (e) {

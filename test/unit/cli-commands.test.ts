@@ -52,7 +52,7 @@ test('global options and unknown commands', () => {
   assert.equal(qimg(['-V']).stdout, v.stdout);
   const h = qimg(['--help']);
   assert.equal(h.status, 0);
-  assert.match(h.stdout, /info \[-f fmt\]/);
+  assert.match(h.stdout, /info \[--object objectdef\] \[--image-opts\] \[-f fmt\]/);
   for (const c of ['info', 'map', 'convert', 'compare', 'io', 'resize', 'snapshot', 'bitmap', 'rebase', 'dd', 'commit', 'amend']) {
     const r = qimg([c, '--help']);
     assert.equal(r.status, 0, c);

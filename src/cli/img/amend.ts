@@ -4,7 +4,8 @@
  * cache mode, open, then the format's amendment).
  */
 import { amendImageFile, amendOptionHelp, hasHelpOption, isImageError, parseCacheMode } from '../../node.js';
-import { CliError, err, messageOf, out, Progress, PROG } from '../common.js';
+import { CliError, imageOperand, namedAsGiven, err, messageOf, out, Progress, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 import { accumulate } from './create.js';
 
@@ -16,7 +17,9 @@ Change options of an existing image (qcow2: compat, refcount_bits, size, lazy_re
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
   -p, --progress         show progress
   -q, --quiet            print nothing on success
-  --force                accepted for qemu compatibility
+  --force                accepted for qemu compatibility  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdAmend(args: string[]): Promise<number> {
@@ -32,6 +35,8 @@ export async function cmdAmend(args: string[]): Promise<number> {
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let optText: string | undefined;
   let cacheText = 'writeback';
   for (const o of options) {
@@ -50,8 +55,11 @@ export async function cmdAmend(args: string[]): Promise<number> {
         cacheText = v;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
@@ -60,30 +68,40 @@ export async function cmdAmend(args: string[]): Promise<number> {
   const quiet = options.some((o) => o.key === 'q');
   const meter = new Progress(options.some((o) => o.key === 'p') && !quiet, 1.0);
   // qemu-img's meter is set up from here on: every way out ends its line.
-  const status = await amendWithMeter(meter, format, optText, operands, cacheText);
+  const status = await amendWithMeter(meter, format, optText, operands, cacheText, { imageOpts, secrets: objects.secrets });
   meter.end();
   return status;
 }
 
-async function amendWithMeter(meter: Progress, format: string | undefined, optText: string, operands: string[], cacheText: string): Promise<number> {
+async function amendWithMeter(
+  meter: Progress,
+  format: string | undefined,
+  optText: string,
+  operands: string[],
+  cacheText: string,
+  access: { imageOpts: boolean; secrets: Record<string, Uint8Array> },
+): Promise<number> {
   if (format !== undefined && hasHelpOption(optText)) return printHelp(format);
   let started = false;
   try {
     if (operands.length !== 1) throw new CliError('Expecting one image file name');
-    const path = operands[0]!;
+    const target = imageOperand(operands[0]!, format, access, true);
+    const path = target.path;
     const cache = parseCacheMode(cacheText);
     if (cache === undefined) throw new CliError(`Invalid cache option: ${cacheText}`);
-    const r = await amendImageFile(path, optText, {
-      format,
-      cache,
-      onWarning: (m) => err(m),
-      onStart: () => {
-        started = true;
-        meter.print(0, 0);
-      },
-      // qemu computes the percentage in single precision.
-      onProgress: (done, total) => meter.print(total > 0 ? Math.fround(Math.fround(100 * Math.fround(done)) / Math.fround(total)) : 100, 0),
-    });
+    const r = await namedAsGiven(operands[0]!, path, () =>
+      amendImageFile(path, optText, {
+        ...target,
+        cache,
+        onWarning: (m) => err(m),
+        onStart: () => {
+          started = true;
+          meter.print(0, 0);
+        },
+        // qemu computes the percentage in single precision.
+        onProgress: (done, total) => meter.print(total > 0 ? Math.fround(Math.fround(100 * Math.fround(done)) / Math.fround(total)) : 100, 0),
+      }),
+    );
     if (r.help !== undefined) out(r.help);
     else meter.print(100, 0);
   } catch (e) {

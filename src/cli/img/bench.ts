@@ -1,9 +1,8 @@
 /** qemu-img bench: the same options and output lines. */
 import { bench } from '../../node.js';
 import { parseFormatName } from '../../node.js';
-import { openImageFile } from '../../node.js';
 import { type CacheMode, dropsFlushes, flushesEachWrite, parseCacheMode } from '../../node.js';
-import { CliError, cvtnum, messageOf, out } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, messageOf, openCli, out } from '../common.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
 export const benchHelp = `usage: qimg bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
@@ -23,7 +22,7 @@ Run a simple read or write benchmark on a disk image.
                          flush after every write; unsafe: flushes do nothing)
   -i AIO, -n             AIO engine (threads, native, io_uring); qimg submits requests
                          its own way, so only native's need for -t none|directsync is checked
-  -q                     accepted as by qemu-img, which prints the same lines with it
+  -q                     accepted as by qemu-img, which prints the same lines with it  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdBench(args: string[]): Promise<number> {
@@ -45,9 +44,9 @@ export async function cmdBench(args: string[]): Promise<number> {
     { name: 'force-share', arg: 'none', key: 'U' },
     { name: 'quiet', arg: 'none', key: 'q' },
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
-    { name: 'object', arg: 'required', key: 'object' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
   // qemu-img bench's default cache mode.
   let cache: CacheMode = 'writeback';
   let nativeAio = false;
@@ -111,8 +110,9 @@ export async function cmdBench(args: string[]): Promise<number> {
         // qemu-img 7.2 accepts -q for bench and still prints both lines; so does qimg.
         break;
       case 'image-opts':
-      case 'object':
-        throw new CliError(`--${opt.key} is not supported`);
+        imageOpts = true;
+        break;
+
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
@@ -121,14 +121,12 @@ export async function cmdBench(args: string[]): Promise<number> {
   if (o.flushInterval > 0 && o.flushInterval < o.depth) throw new CliError("Flush interval can't be smaller than depth");
   // --no-drain without flushes is accepted as qemu-img accepts it: there is no flush to skip draining for.
   const path = operands[0]!;
-  const fmt = format === undefined ? undefined : parseFormatName(format);
-  if (format !== undefined && fmt === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
+  checkImageOptsFormat(imageOpts, format);
+  if (!imageOpts && format !== undefined && parseFormatName(format) === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
   if (nativeAio && cache !== 'none' && cache !== 'directsync') {
     throw new CliError(`Could not open '${path}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
   }
-  const image = await openImageFile(path, { format: fmt, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U'), onWarning: (m) => process.stderr.write(`${m}\n`) }).catch((e: unknown) => {
-    throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
-  });
+  const image = await openCli(path, { format, writable: o.write, unsafe: dropsFlushes(cache), forceShare: options.some((x) => x.key === 'U'), imageOpts, });
   try {
     out(`Sending ${o.count} ${o.write ? 'write' : 'read'} requests, ${o.bufferSize} bytes each, ${o.depth} in parallel (starting at offset ${o.offset}, step size ${o.step})\n`);
     if (o.flushInterval > 0) out(`Sending flush every ${o.flushInterval} requests\n`);

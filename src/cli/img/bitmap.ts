@@ -13,7 +13,8 @@ import {
   removeBitmap,
   type Image,
 } from '../../node.js';
-import { CliError, cvtnum, err, messageOf, openCli, out, PROG, probedRawWarning } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, err, messageOf, openCli, out, PROG, probedRawWarning } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, parseSize } from '../options.js';
 
 export const bitmapHelp = `usage: qimg bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap
@@ -28,7 +29,9 @@ the order given, and stop at the first that fails.
   -b SOURCE_FILE         the image holding SOURCE (with --merge; default: filename)
   -F SOURCE_FMT          format of SOURCE_FILE (qcow2); probed when absent
   -g GRANULARITY         bytes per bit of an added bitmap (power of 2, >= 512; with --add)
-  -f, --format=FMT       image format; probed when absent
+  -f, --format=FMT       image format; probed when absent  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 type Action = { op: 'add' | 'remove' | 'clear' | 'enable' | 'disable' } | { op: 'merge'; source: string };
@@ -61,6 +64,8 @@ export async function cmdBitmap(args: string[]): Promise<number> {
   let granularity: number | undefined;
   let adding = false;
   let merging = false;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -98,8 +103,11 @@ export async function cmdBitmap(args: string[]): Promise<number> {
         merging = true;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
@@ -112,11 +120,12 @@ export async function cmdBitmap(args: string[]): Promise<number> {
   const [path, name] = operands as [string, string];
 
   // No backing chain: bitmaps are changed without reference to the contents.
-  const image = await openCli(path, { format, backing: false, writable: true });
-  if (format === undefined && image.format === 'raw') err(probedRawWarning(path));
+  checkImageOptsFormat(imageOpts, format);
+  const image = await openCli(path, { format, backing: false, writable: true, imageOpts, secrets: objects.secrets });
+  if (format === undefined && !imageOpts && image.format === 'raw') err(probedRawWarning(path));
   let source: Image | undefined;
   try {
-    if (srcFile !== undefined) source = await openCli(srcFile, { format: srcFmt, backing: false });
+    if (srcFile !== undefined) source = await openCli(srcFile, { format: srcFmt, backing: false, imageOpts, secrets: objects.secrets });
     for (const a of actions) {
       try {
         await run(image, name, a, { granularity, source });

@@ -4,7 +4,8 @@
  * (0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 unsupported).
  */
 import { checkImageFile, checkJson, CheckNotSupportedError, isImageError, parseCacheMode, type CheckCounts } from '../../node.js';
-import { CliError, err, out, outputFormat, PROG } from '../common.js';
+import { CliError, imageOperand, namedAsGiven, err, out, outputFormat, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { toFixedC } from '../format.js';
 import { toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -18,7 +19,9 @@ Check an image for consistency; with -r, repair it.
   -q, --quiet            print nothing on success
   -U, --force-share      check even while another process writes the image (not with -r)
   -T CACHE               cache mode (default writeback); with -r, unsafe skips the
-                         flushes of the repairs
+                         flushes of the repairs  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdCheck(args: string[]): Promise<number> {
@@ -34,6 +37,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let fix: 'none' | 'leaks' | 'all' = 'none';
   let output: 'human' | 'json' = 'human';
   let quiet = false;
@@ -62,14 +67,18 @@ export async function cmdCheck(args: string[]): Promise<number> {
         quiet = true;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const path = operands[0]!;
+  const target = imageOperand(operands[0]!, format, { imageOpts, secrets: objects.secrets }, fix !== undefined && fix !== 'none');
+  const path = target.path;
   // Checked after the file name, as qemu-img does.
   const cache = parseCacheMode(cacheText);
   if (cache === undefined) throw new CliError(`Invalid source cache option: ${cacheText}`);
@@ -77,7 +86,7 @@ export async function cmdCheck(args: string[]): Promise<number> {
   const forceShare = options.some((o) => o.key === 'U');
   let r;
   try {
-    r = await checkImageFile(path, { format, repair: fix, cache, forceShare, onWarning: (m) => err(m) });
+    r = await namedAsGiven(operands[0]!, path, () => checkImageFile(path, { ...target, repair: fix, cache, forceShare, onWarning: (m) => err(m) }));
   } catch (e) {
     if (e instanceof CheckNotSupportedError) {
       err(`${PROG}: ${e.message}\n`);

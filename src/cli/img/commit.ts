@@ -1,6 +1,7 @@
 /** qemu-img commit: write an overlay's changes into its backing file. */
 import { commitImageFile, isImageError, parseSize } from '../../node.js';
-import { CliError, cvtnum, err, out, Progress } from '../common.js';
+import { CliError, imageOperand, namedAsGiven, cvtnum, err, out, Progress } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 
 export const commitHelp = `usage: qimg commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
@@ -15,7 +16,9 @@ reads through to the base.
   -t CACHE       cache mode (default writeback)
   -r RATE        write at most RATE bytes per second into the base (k, M, G suffixes)
   -p, --progress show progress
-  -q, --quiet    print nothing
+  -q, --quiet    print nothing  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdCommit(args: string[]): Promise<number> {
@@ -25,6 +28,8 @@ export async function cmdCommit(args: string[]): Promise<number> {
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let cache = 'writeback';
   let base: string | undefined;
   let drop = false;
@@ -61,8 +66,11 @@ export async function cmdCommit(args: string[]): Promise<number> {
         rateLimit = cvtnum('rate limit', v, (t) => parseSize(t));
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
     }
   }
   if (quiet) progress = false;
@@ -70,15 +78,16 @@ export async function cmdCommit(args: string[]): Promise<number> {
   const meter = new Progress(progress, 1);
   meter.print(0, 100);
   try {
-    await commitImageFile(operands[0]!, {
-      format,
+    const target = imageOperand(operands[0]!, format, { imageOpts, secrets: objects.secrets }, true);
+    await namedAsGiven(operands[0]!, target.path, () => commitImageFile(target.path, {
+      ...target,
       cache,
       base,
       drop,
       rateLimit,
       onWarning: (m) => err(m),
       onProgress: (done, total) => meter.print(total === 0 ? 100 : (done / total) * 100, 0),
-    });
+    }));
   } catch (e) {
     meter.end();
     if (isImageError(e)) throw new CliError(e.message, 1, { cause: e });

@@ -2,6 +2,7 @@
 import type { Image } from '../../node.js';
 import { compareImages, CompareFailure } from '../../node.js';
 import { CliError, openCli, out, Progress, validCache } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 
 export const compareHelp = `usage: qimg compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
@@ -15,7 +16,9 @@ Compare the guest-visible contents of two images.
   -U, --force-share    open even while another process writes the images
   -T, --cache=MODE     source cache mode (checked; both images are only read, so no
                        mode changes what is compared)
-Exit code: 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error.
+Exit code: 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error.  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdCompare(args: string[]): Promise<number> {
@@ -37,6 +40,8 @@ export async function cmdCompare(args: string[]): Promise<number> {
   let quiet = false;
   let strict = false;
   let cache: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore(2);
   for (const o of options) {
     switch (o.key) {
       case 'h':
@@ -61,9 +66,11 @@ export async function cmdCompare(args: string[]): Promise<number> {
         strict = true;
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet', 2);
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet', 2);
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   // qemu-img: progress wins over quiet.
@@ -81,8 +88,9 @@ export async function cmdCompare(args: string[]): Promise<number> {
   const meter = new Progress(progress, 2.0);
   try {
     const forceShare = options.some((o) => o.key === 'U');
-    img1 = await openCli(file1, { format: fmt1, exitCode: 2, forceShare });
-    img2 = await openCli(file2, { format: fmt2, exitCode: 2, forceShare });
+    const access = { imageOpts, secrets: objects.secrets };
+    img1 = await openCli(file1, { format: fmt1, exitCode: 2, forceShare, ...access });
+    img2 = await openCli(file2, { format: fmt2, exitCode: 2, forceShare, ...access });
     meter.print(0, 100);
     let code: number;
     try {

@@ -1,12 +1,13 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
 import { convertImageFile, isImageError, parseCacheMode, type InternalSnapshotRef } from '../../node.js';
-import { CliError, cvtnum, err, messageOf, openCli, out, PROG, Progress } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, err, imageOperand, messageOf, openCli, out, PROG, Progress } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, parseSize } from '../options.js';
-import { hasHelpOption } from '../../node.js';
+import { hasHelpOption, parseOptions } from '../../node.js';
 import { convertToStdout } from './convert-stream.js';
 import { accumulate, optionHelp } from './create.js';
 
-export const convertHelp = `usage: qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
+export const convertHelp = `usage: qimg convert [--object objectdef] [--image-opts] [--target-image-opts] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] [--target-is-zero] filename [filename2 [...]] output_filename
 
 Copy one or more images (concatenated) into a new image.
   -f, --source-format=FMT  format of the source images; probed when absent
@@ -35,7 +36,10 @@ Copy one or more images (concatenated) into a new image.
   -p, --progress           show progress
   -q, --quiet              print nothing
   -U, --force-share        read the sources even while another process writes them
-                           (the output is always locked)
+                           (the output is always locked)  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
+  --target-image-opts   the output name is an option string too (needs -n)
 `;
 
 const SECTOR = 512;
@@ -72,6 +76,10 @@ export async function cmdConvert(args: string[]): Promise<number> {
     { name: 'snapshot', arg: 'required', key: 'l' },
   ]);
   let srcFmt: string | undefined;
+  let imageOpts = false;
+  let targetImageOpts = false;
+  let outFmtGiven = false;
+  const objects = new ObjectStore();
   let sourceSnapshot: InternalSnapshotRef | undefined;
   let outFmt = 'raw';
   let progress = false;
@@ -104,6 +112,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
         break;
       case 'O':
         outFmt = v;
+        outFmtGiven = true;
         break;
       case 'c':
         compress = true;
@@ -157,10 +166,14 @@ export async function cmdConvert(args: string[]): Promise<number> {
         sourceSnapshot = parseSnapshotParam(v);
         break;
       case 'image-opts':
+        imageOpts = true;
+        break;
       case 'target-image-opts':
-        throw new CliError(`--${o.key} is not supported yet`);
+        targetImageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(v)) return 0;
+        break;
       case 'bitmaps':
         bitmaps = true;
         break;
@@ -191,6 +204,9 @@ export async function cmdConvert(args: string[]): Promise<number> {
   if (noCreate && optText !== undefined) throw new CliError('-o has no effect when skipping image creation');
   if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
   if (skipBrokenBitmaps && !bitmaps) throw new CliError('Use of --skip-broken-bitmaps requires --bitmaps');
+  if (targetImageOpts && !noCreate) throw new CliError('--target-image-opts requires use of -n flag');
+  if (targetImageOpts && outFmtGiven) throw new CliError('--image-opts and --format are mutually exclusive');
+  checkImageOptsFormat(imageOpts, srcFmt);
   if (quiet) progress = false;
   if (optText !== undefined && hasHelpOption(optText)) {
     if (!['raw', 'qcow2', 'qed'].includes(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
@@ -200,8 +216,29 @@ export async function cmdConvert(args: string[]): Promise<number> {
   if (operands.length < 2) throw new CliError('Must specify image file name');
   // The sources are only read: a source cache mode changes no byte read, so -T is checked and honoured as is.
   if (srcCache !== undefined && parseCacheMode(srcCache) === undefined) throw new CliError(`Invalid source cache option: ${srcCache}`);
-  const outPath = operands[operands.length - 1]!;
-  const srcPaths = operands.slice(0, -1);
+  let outPath = operands[operands.length - 1]!;
+  let srcPaths = operands.slice(0, -1);
+  let sourceBlockOptions: Record<string, string> | undefined;
+  let targetBlockOptions: Record<string, string> | undefined;
+  if (imageOpts) {
+    const targets = srcPaths.map((p) => imageOperand(p, undefined, { imageOpts, secrets: objects.secrets }));
+    // One set of options and one format for all sources: the library call takes one.
+    const [first] = targets;
+    if (targets.some((t) => t.format !== first!.format || JSON.stringify(t.blockOptions) !== JSON.stringify(first!.blockOptions))) {
+      throw new CliError('--image-opts sources with different drivers or options are not supported');
+    }
+    srcPaths = targets.map((t) => t.path);
+    srcFmt = first!.format;
+    sourceBlockOptions = first!.blockOptions;
+  }
+  if (targetImageOpts && outPath !== '-') {
+    const t = imageOperand(outPath, undefined, { imageOpts: true, secrets: objects.secrets }, true);
+    outPath = t.path;
+    // qemu opens the target with the driver named, or probes it.
+    if (t.format === undefined) throw new CliError(`Could not open '${operands[operands.length - 1]}': qimg does not probe a --target-image-opts target: name its driver`);
+    outFmt = t.format;
+    targetBlockOptions = t.blockOptions;
+  }
   if (outPath === '-') {
     const forceShare = options.some((o) => o.key === 'U');
     return convertToStdout({ srcPaths, srcFmt, forceShare, outFmt, compress, optText, sparseSize, parallel, progress, noCreate, outBase, rateLimit, salvage });
@@ -215,6 +252,9 @@ export async function cmdConvert(args: string[]): Promise<number> {
         format: outFmt,
         sourceFormat: srcFmt,
         sourceSnapshot,
+        secrets: objects.secrets,
+        sourceBlockOptions,
+        targetBlockOptions,
         options: optText,
         backingFile: outBase,
         backingFormat: outBaseFmt,
@@ -257,10 +297,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
 function parseSnapshotParam(text: string): InternalSnapshotRef {
   if (!text.startsWith('snapshot.')) return text;
   const ref: { id?: string; name?: string } = {};
-  for (const part of splitOptions(text)) {
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? 'on' : part.slice(eq + 1);
+  for (const [key, value] of parseOptions(text).entries) {
     if (key === 'snapshot.id') ref.id = value;
     else if (key === 'snapshot.name') ref.name = value;
     else {
@@ -269,23 +306,4 @@ function parseSnapshotParam(text: string): InternalSnapshotRef {
     }
   }
   return ref;
-}
-
-/** qemu's option list: commas separate, a doubled comma is a literal one. */
-function splitOptions(text: string): string[] {
-  const parts: string[] = [];
-  let cur = '';
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] === ',') {
-      if (text[i + 1] === ',') {
-        cur += ',';
-        i++;
-        continue;
-      }
-      parts.push(cur);
-      cur = '';
-    } else cur += text[i];
-  }
-  parts.push(cur);
-  return parts;
 }

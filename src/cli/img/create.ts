@@ -6,9 +6,10 @@
  */
 import { createImageOn, createOptionHelp, findFormat, hasHelpOption, isImageError, nodeHost, parseCreateOptions, type OptionBag } from '../../node.js';
 import { CliError, err, messageOf, out, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
-export const createHelp = `usage: qimg create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
+export const createHelp = `usage: qimg create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
 
 Create a new image.
   -f, --format=FMT          raw (default), qcow2 or qed
@@ -16,7 +17,8 @@ Create a new image.
   -b, --backing=FILE        backing file; its size is used when SIZE is absent
   -F, -B, --backing-format  format of the backing file (required with -b)
   -u, --backing-unsafe      do not open the backing file
-  -q, --quiet               do not print the Formatting line
+  -q, --quiet               do not print the Formatting line  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
 `;
 
 /** Several -o options are joined with a comma, as qemu-img's accumulate_options does. */
@@ -48,6 +50,7 @@ export async function cmdCreate(args: string[]): Promise<number> {
     { name: 'quiet', arg: 'none', key: 'q' },
   ]);
   let fmt = 'raw';
+  const objects = new ObjectStore();
   let baseFilename: string | undefined;
   let baseFmt: string | undefined;
   let optText: string | undefined;
@@ -79,7 +82,8 @@ export async function cmdCreate(args: string[]): Promise<number> {
         unsafe = true;
         break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   const filename = operands[0];
@@ -115,6 +119,7 @@ export async function cmdCreate(args: string[]): Promise<number> {
       options: bag,
       size,
       backingUnsafe: unsafe,
+      secrets: objects.secrets,
       onFormatting: quiet ? undefined : (line) => out(line + '\n'),
     });
   } catch (e) {

@@ -1,6 +1,7 @@
 /** qemu-img dd: copy an image, or part of it, block by block into a new image. */
 import { ddImageFile, isImageError, parseSize } from '../../node.js';
 import { CliError, cvtnum, err, out, PROG } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt } from '../options.js';
 
 export const ddHelp = `usage: qimg dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
@@ -22,11 +23,13 @@ export async function cmdDd(args: string[]): Promise<number> {
   const { options, operands } = getopt(args, ':hf:O:U', [
     { name: 'help', arg: 'none', key: 'h' },
     { name: 'image-opts', arg: 'none', key: 'image-opts' },
+    { name: 'object', arg: 'required', key: 'object' },
     { name: 'force-share', arg: 'none', key: 'U' },
   ]);
   let format: string | undefined;
   let outputFormat = 'raw';
   let forceShare = false;
+  const objects = new ObjectStore();
   for (const o of options) {
     switch (o.key) {
       case 'h':
@@ -42,7 +45,10 @@ export async function cmdDd(args: string[]): Promise<number> {
         forceShare = true;
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported');
+        throw new CliError('--image-opts is not supported by qimg dd');
+      case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   let input: string | undefined;
@@ -77,7 +83,7 @@ export async function cmdDd(args: string[]): Promise<number> {
   }
   if (input === undefined || output === undefined) throw new CliError('Must specify both input and output files');
   try {
-    await ddImageFile(input, output, { format, outputFormat, blockSize, count, skip, forceShare, onWarning: (m) => err(`${PROG}: ${m}\n`) });
+    await ddImageFile(input, output, { format, outputFormat, blockSize, count, skip, forceShare, secrets: objects.secrets, onWarning: (m) => err(`${PROG}: ${m}\n`) });
   } catch (e) {
     if (isImageError(e)) throw new CliError(e.message, 1, { cause: e });
     throw e;

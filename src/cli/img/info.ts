@@ -1,6 +1,7 @@
 /** qemu-img info, as QEMU 7.2 prints it (ImageInfo, no child nodes). */
-import type { ImageInfo, SnapshotInfo } from '../../node.js';
-import { CliError, openCli, out, outputFormat } from '../common.js';
+import { parseOpenTarget, type ImageInfo, type OpenTarget, type SnapshotInfo } from '../../node.js';
+import { checkImageOptsFormat, CliError, openCli, out, outputFormat, type ImageAccess } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { sizeToStr } from '../format.js';
 import { qdictOrder, toQemuJson } from '../json.js';
 import { getopt, UsageError } from '../options.js';
@@ -11,14 +12,17 @@ Print information about a disk image.
   -f, --format=FMT     image format (raw, qcow2, qed); probed when absent
   --output=human|json  output format (default human)
   --backing-chain      show every image of the backing chain, top first
-  -U, --force-share    open even while another process writes the image
+  -U, --force-share    open even while another process writes the image  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 /** The ImageInfo of one image as qemu-img 7.2 reports it. */
-export async function imageInfo(path: string, format: string | undefined, forceShare = false): Promise<ImageInfo> {
-  const img = await openCli(path, { format, backing: false, metadataOnly: true, forceShare });
+export async function imageInfo(path: string, format: string | undefined, forceShare = false, access: ImageAccess = {}): Promise<ImageInfo> {
+  const img = await openCli(path, { format, backing: false, metadataOnly: true, forceShare, ...access });
   try {
     const info = await img.info();
+    if (access.imageOpts) info.filename = nodeName(parseOpenTarget(path), img.format);
     // qemu-img 7.2 reports dirty-flag for every format whose driver answers bdrv_get_info.
     if (info['dirty-flag'] === undefined) info['dirty-flag'] = false;
     return info;
@@ -27,8 +31,19 @@ export async function imageInfo(path: string, format: string | undefined, forceS
   }
 }
 
+/**
+ * The name qemu gives an image opened with format options: its options as
+ * json: (the file alone when there are none).
+ */
+function nodeName(t: OpenTarget, format: string): string {
+  const opts = Object.entries(t.blockOptions);
+  if (opts.length === 0) return t.path;
+  const body = [...opts.map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`), `"driver": ${JSON.stringify(format)}`, `"file": {"driver": "file", "filename": ${JSON.stringify(t.path)}}`];
+  return `json:{${body.join(', ')}}`;
+}
+
 /** Walk a backing chain by name, top first, as qemu-img's collect_image_info_list does. */
-export async function collectInfo(path: string, format: string | undefined, chain: boolean, forceShare = false): Promise<ImageInfo[]> {
+export async function collectInfo(path: string, format: string | undefined, chain: boolean, forceShare = false, access: ImageAccess = {}): Promise<ImageInfo[]> {
   const seen = new Set<string>();
   const list: ImageInfo[] = [];
   let filename: string | undefined = path;
@@ -36,7 +51,8 @@ export async function collectInfo(path: string, format: string | undefined, chai
   while (filename !== undefined) {
     if (seen.has(filename)) throw new CliError(`Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const info = await imageInfo(filename, fmt, forceShare);
+    // --image-opts names the top image only; the chain below is opened by name.
+    const info = await imageInfo(filename, fmt, forceShare, list.length === 0 ? access : { secrets: access.secrets });
     list.push(info);
     filename = undefined;
     fmt = undefined;
@@ -128,6 +144,8 @@ export async function cmdInfo(args: string[]): Promise<number> {
   let format: string | undefined;
   let output: 'human' | 'json' = 'human';
   let chain = false;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   for (const o of options) {
     switch (o.key) {
       case 'h':
@@ -143,13 +161,16 @@ export async function cmdInfo(args: string[]): Promise<number> {
         output = outputFormat(o.value!);
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet');
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const list = await collectInfo(operands[0]!, format, chain, options.some((o) => o.key === 'U'));
+  checkImageOptsFormat(imageOpts, format);
+  const list = await collectInfo(operands[0]!, format, chain, options.some((o) => o.key === 'U'), { imageOpts, secrets: objects.secrets });
   if (output === 'json') {
     out(toQemuJson(chain ? list : list[0]) + '\n');
   } else {

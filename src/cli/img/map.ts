@@ -1,6 +1,7 @@
 /** qemu-img map, as QEMU 7.2 prints it (no "compressed" member in JSON). */
 import { mapImage, type MapEntry } from '../../node.js';
-import { CliError, cvtnum, openCli, out, outputFormat } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, openCli, out, outputFormat } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { hashHex } from '../format.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
@@ -11,7 +12,9 @@ Print the allocation map of a disk image, following its backing chain.
   --output=human|json       output format (default human)
   -s, --start-offset=OFFSET first byte to map (suffixes k, M, G, ...)
   -l, --max-length=LEN      bytes to map from the start offset
-  -U, --force-share         open even while another process writes the image
+  -U, --force-share         open even while another process writes the image  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export function jsonEntry(e: MapEntry): string {
@@ -40,6 +43,8 @@ export async function cmdMap(args: string[]): Promise<number> {
     { name: 'max-length', arg: 'required', key: 'l' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let output: 'human' | 'json' = 'human';
   let start = 0;
   let maxLength: number | undefined;
@@ -61,13 +66,16 @@ export async function cmdMap(args: string[]): Promise<number> {
         maxLength = cvtnum('max length', o.value!, (t) => parseSize(t));
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet');
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const img = await openCli(operands[0]!, { format, forceShare: options.some((o) => o.key === 'U') });
+  checkImageOptsFormat(imageOpts, format);
+  const img = await openCli(operands[0]!, { format, forceShare: options.some((o) => o.key === 'U'), imageOpts, secrets: objects.secrets });
   try {
     const human = output === 'human';
     // Output is written per entry: a failure part-way leaves what qemu-img would have printed.

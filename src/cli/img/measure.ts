@@ -1,11 +1,12 @@
 /** qemu-img measure: the size an image of a format needs, for --size N or for a source image. */
 import { findFormat, measure, OptionBag, parseCreateOptions, type Image } from '../../node.js';
 import { CliError, cvtnum, messageOf, openCli, out, outputFormat } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { toQemuJson } from '../json.js';
 import { getopt, parseSize } from '../options.js';
 import { accumulate } from './create.js';
 
-export const measureHelp = `usage: qimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]
+export const measureHelp = `usage: qimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] filename]
 
 Print the size an image of the output format needs.
   -O, --target-format=FMT  raw (default) or qcow2
@@ -13,7 +14,9 @@ Print the size an image of the output format needs.
   -s, --size=N             measure an empty image of N bytes
   -f, --format=FMT         format of the source image
   -U, --force-share        open even while another process writes the image
-  --output=human|json
+  --output=human|json  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 /** Protocol options qemu accepts and measure ignores. */
@@ -41,6 +44,7 @@ export async function cmdMeasure(args: string[]): Promise<number> {
   let size: number | undefined;
   let output: 'human' | 'json' = 'human';
   let imageOpts = false;
+  const objects = new ObjectStore();
   let snapshot: string | undefined;
   for (const o of options) {
     const v = o.value ?? '';
@@ -64,7 +68,8 @@ export async function cmdMeasure(args: string[]): Promise<number> {
         imageOpts = true;
         break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(v)) return 0;
+        break;
       case 'output':
         output = outputFormat(v);
         break;
@@ -80,12 +85,11 @@ export async function cmdMeasure(args: string[]): Promise<number> {
   }
   if (filename !== undefined && size !== undefined) throw new CliError('--size N cannot be used together with a filename.');
   if (filename === undefined && size === undefined) throw new CliError('Either --size N or one filename must be specified.');
-  if (imageOpts) throw new CliError('--image-opts is not supported yet');
   if (snapshot !== undefined) throw new CliError('Snapshots (-l) are not supported by measure yet');
 
   let source: Image | undefined;
   try {
-    if (filename !== undefined) source = await openCli(filename, { format: fmt, forceShare: options.some((o) => o.key === 'U') });
+    if (filename !== undefined) source = await openCli(filename, { format: fmt, forceShare: options.some((o) => o.key === 'U'), imageOpts, secrets: objects.secrets });
     const target = findFormat(outFmt);
     if (!target) throw new CliError(`Unknown file format '${outFmt}'`);
     if (!target.measure) throw new CliError(`Block driver '${outFmt}' does not support size measurement`);

@@ -1,6 +1,7 @@
 /** qemu-img rebase: change an image's backing file, keeping its contents unless -u. */
 import { isImageError, rebaseImageFile } from '../../node.js';
-import { CliError, err, out, Progress } from '../common.js';
+import { CliError, imageOperand, namedAsGiven, err, out, Progress } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 
 export const rebaseHelp = `usage: qimg rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
@@ -17,7 +18,9 @@ copied into the image first, so the guest sees the same contents.
   -T CACHE         the backing files' cache mode (checked)
   -U, --force-share  open the new backing file even while another process writes it
   -p, --progress   show progress
-  -q, --quiet      print nothing
+  -q, --quiet      print nothing  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 export async function cmdRebase(args: string[]): Promise<number> {
@@ -28,6 +31,8 @@ export async function cmdRebase(args: string[]): Promise<number> {
     { name: 'force-share', arg: 'none', key: 'U' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let backingFormat: string | undefined;
   let backingFile: string | undefined;
   let unsafe = false;
@@ -70,8 +75,11 @@ export async function cmdRebase(args: string[]): Promise<number> {
         forceShare = true;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
     }
   }
   if (quiet) progress = false;
@@ -80,8 +88,9 @@ export async function cmdRebase(args: string[]): Promise<number> {
   const meter = new Progress(progress, 2);
   meter.print(0, 100);
   try {
-    await rebaseImageFile(operands[0]!, backingFile ?? '', {
-      format,
+    const target = imageOperand(operands[0]!, format, { imageOpts, secrets: objects.secrets }, true);
+    await namedAsGiven(operands[0]!, target.path, () => rebaseImageFile(target.path, backingFile ?? '', {
+      ...target,
       backingFormat,
       unsafe,
       cache,
@@ -89,7 +98,7 @@ export async function cmdRebase(args: string[]): Promise<number> {
       forceShare,
       progress: (delta) => meter.print(delta, 100),
       onWarning: (m) => err(m),
-    });
+    }));
   } catch (e) {
     if (isImageError(e)) throw new CliError(e.message, 1, { cause: e });
     throw e;

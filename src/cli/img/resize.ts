@@ -1,6 +1,7 @@
 /** qemu-img resize: grow or (with --shrink) shrink an image, with qemu-img 7.2's checks and words. */
-import { openImageFile, parseFormatName, parsePreallocation, resizeImage, type Image, type Preallocation } from '../../node.js';
-import { CliError, err, messageOf, out, PROG, probedRawWarning } from '../common.js';
+import { parsePreallocation, resizeImage, type Image, type Preallocation } from '../../node.js';
+import { checkImageOptsFormat, CliError, err, messageOf, openCli, out, PROG, probedRawWarning } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 
 export const resizeHelp = `usage: qimg resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
@@ -11,7 +12,9 @@ Change the virtual size of an image: SIZE sets it, +SIZE and -SIZE change it
   --preallocation=MODE      allocate the grown area: off, metadata, falloc, full
                             (formats support a subset; growing only)
   --shrink                  allow a smaller size: everything past the new end is lost
-  -q, --quiet               print nothing on success
+  -q, --quiet               print nothing on success  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 const SIZE_HELP =
@@ -52,6 +55,8 @@ export async function cmdResize(argv: string[]): Promise<number> {
     { name: 'shrink', arg: 'none', key: 'shrink' },
   ]);
   let format: string | undefined;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let quiet = false;
   let shrink = false;
   let preallocation: Preallocation = 'off';
@@ -77,9 +82,11 @@ export async function cmdResize(argv: string[]): Promise<number> {
         }
         break;
       case 'image-opts':
-        throw new CliError('--image-opts is not supported yet');
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError('--object is not supported yet');
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting image file name and size');
@@ -91,18 +98,9 @@ export async function cmdResize(argv: string[]): Promise<number> {
   }
   const amount = parseSizeOption(sizeText);
 
-  let fmt;
-  if (format !== undefined) {
-    fmt = parseFormatName(format);
-    if (fmt === undefined) throw new CliError(`Could not open '${path}': Unknown driver '${format}'`);
-  }
-  let img: Image;
-  try {
-    img = await openImageFile(path, { format: fmt, writable: true, onWarning: err });
-  } catch (e) {
-    throw new CliError(`Could not open '${path}': ${messageOf(e)}`, 1, { cause: e });
-  }
-  if (fmt === undefined && img.format === 'raw') err(probedRawWarning(path));
+  checkImageOptsFormat(imageOpts, format);
+  const img: Image = await openCli(path, { format, writable: true, imageOpts, secrets: objects.secrets });
+  if (format === undefined && !imageOpts && img.format === 'raw') err(probedRawWarning(path));
   try {
     const current = BigInt(img.size);
     // qemu computes in int64: sizes of 2^63 and more wrap to negative.

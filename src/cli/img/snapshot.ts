@@ -1,6 +1,7 @@
 /** qemu-img snapshot: list, create, apply or delete a qcow2 image's internal snapshots. */
 import { applySnapshotFile, createSnapshotFile, deleteSnapshotFile, isImageError, listSnapshotsFile } from '../../node.js';
-import { CliError, err, out } from '../common.js';
+import { CliError, imageOperand, err, out } from '../common.js';
+import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 import { snapshotLine } from './info.js';
 
@@ -12,7 +13,9 @@ List, create, apply or delete the internal snapshots of an image (qcow2).
   -a ID_OR_NAME  revert the image to a snapshot (by id, then by name)
   -d NAME        delete the first snapshot named NAME
   -q, --quiet    quiet mode
-  -U, --force-share  list even while another process writes the image (-l only)
+  -U, --force-share  list even while another process writes the image (-l only)  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret options name (the only object type)
+  --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
 type Action = { kind: 'list' } | { kind: 'create' | 'apply' | 'delete'; name: string };
@@ -26,6 +29,8 @@ export async function cmdSnapshot(args: string[]): Promise<number> {
   ]);
   let action: Action | undefined;
   let forceShare = false;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   for (const o of options) {
     const v = o.value ?? '';
     switch (o.key) {
@@ -43,15 +48,18 @@ export async function cmdSnapshot(args: string[]): Promise<number> {
         forceShare = true;
         break;
       case 'object':
+        if (objects.add(o.value!)) return 0;
+        break;
       case 'image-opts':
-        throw new CliError(`--${o.key} is not supported`);
+        imageOpts = true;
+        break;
       default:
         break;
     }
   }
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-  const path = operands[0]!;
-  const opts = { forceShare, onWarning: (m: string) => err(m) };
+  const { path, format: _named, ...access } = imageOperand(operands[0]!, undefined, { imageOpts, secrets: objects.secrets }, action !== undefined && action.kind !== 'list');
+  const opts = { forceShare, onWarning: (m: string) => err(m), ...access };
   try {
     if (action === undefined) {
       // qemu-img opens the image for writing and does nothing.

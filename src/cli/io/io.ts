@@ -5,7 +5,8 @@
 import { createInterface } from 'node:readline';
 import type { Image } from '../../node.js';
 import { parseFormatName } from '../../node.js';
-import { openImageFile } from '../../node.js';
+import { openImageFile, parseOpenTarget, type OpenFileOptions, type OpenTarget } from '../../node.js';
+import { ObjectStore } from '../objects.js';
 import { readFileSync } from 'node:fs';
 import { isImageError, parsePreallocation, resizeImage, type Preallocation } from '../../node.js';
 import { CliError, err, messageOf, out, PROG, probedRawWarning, strerror } from '../common.js';
@@ -14,7 +15,7 @@ import { dumpQObject } from '../img/info.js';
 import { getopt, parseSize } from '../options.js';
 import { dropsFlushes, flushesEachWrite, parseCacheMode, type CacheMode } from '../../node.js';
 
-export const ioHelp = `usage: qimg io [-f fmt] [-r] [-s] [-U] [-d discard] [-t cache] [-c command]... [file]
+export const ioHelp = `usage: qimg io [--object objectdef] [--image-opts] [-f fmt] [-r] [-s] [-U] [-d discard] [-t cache] [-c command]... [file]
 
 Run qemu-io commands on an image; without -c, commands are read from stdin.
   -c, --cmd=STRING   command to run (repeatable), e.g. -c 'read -P 0 0 64k'
@@ -28,6 +29,9 @@ Run qemu-io commands on an image; without -c, commands are read from stdin.
   -m, --misalign     accepted: qimg's requests need no buffer alignment
   -T, --trace=EVENT  qimg has no trace events; warns as qemu-io does for an unknown one
   -U, --force-share  with -r: open even while another process writes the image
+  --object OBJDEF    secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret that
+                     key-secret options name (the only object type)
+  --image-opts       the file name is an option string: driver=FMT,file.filename=PATH,...
 
 Commands: read [-Cqv] [-P pattern [-s off] [-l len]] off len, write [-cCqzu] [-P pattern] off len,
   discard [-Cq] off len, flush, aio_write, aio_flush, truncate [-m mode] off, abort, map, alloc off [count], length,
@@ -786,6 +790,8 @@ export async function cmdIo(args: string[]): Promise<number> {
   const cmds: string[] = [];
   let format: string | undefined;
   let readOnly = false;
+  let imageOpts = false;
+  const objects = new ObjectStore();
   let snapshot = false;
   let discard = true; // qemu-io opens with discard=unmap
   let cache: CacheMode = 'writeback';
@@ -830,8 +836,11 @@ export async function cmdIo(args: string[]): Promise<number> {
         err(`${PROG}: warning: trace event '${o.value}' does not exist\n`);
         break;
       case 'image-opts':
+        imageOpts = true;
+        break;
       case 'object':
-        throw new CliError(`--${o.key} is not supported yet`);
+        if (objects.add(o.value!)) return 0;
+        break;
     }
   }
   if (operands.length > 1) throw new CliError('too many arguments', 1);
@@ -840,21 +849,37 @@ export async function cmdIo(args: string[]): Promise<number> {
     return cmds.length > 0 ? 1 : 0;
   }
   const path = operands[0]!;
+  if (imageOpts && format !== undefined) throw new CliError('--image-opts and -f are mutually exclusive');
+  // qemu-io names no device for an --image-opts open that fails.
+  const cantOpen = imageOpts ? "can't open" : `can't open device ${path}`;
   let fmt;
-  if (format !== undefined) {
+  let file = path;
+  let access: Pick<OpenFileOptions, 'blockOptions' | 'locking'> = {};
+  if (imageOpts) {
+    let target: OpenTarget;
+    try {
+      target = parseOpenTarget(path);
+    } catch (e) {
+      throw new CliError(`${cantOpen}: ${messageOf(e)}`, 1, { cause: e });
+    }
+    for (const key of target.shortForm) err(`${PROG}: warning: short-form boolean option '${key}' deprecated\nPlease use ${key}=on instead\n`);
+    if (target.readOnly && !readOnly) throw new CliError(`${cantOpen}: Block node is read-only`);
+    ({ path: file, format: fmt } = target);
+    access = { blockOptions: target.blockOptions, locking: target.locking };
+  } else if (format !== undefined) {
     fmt = parseFormatName(format);
-    if (fmt === undefined) throw new CliError(`can't open device ${path}: Unknown driver '${format}'`);
+    if (fmt === undefined) throw new CliError(`${cantOpen}: Unknown driver '${format}'`);
   }
   let img: Image;
   try {
     // qemu-io opens read-write unless -r is given; -s puts writes in a temporary overlay.
-    img = await openImageFile(path, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U'), onWarning: err });
+    img = await openImageFile(file, { format: fmt, writable: !readOnly, snapshot, unsafe: dropsFlushes(cache), forceShare: options.some((o) => o.key === 'U'), secrets: objects.secrets, ...access, onWarning: err });
   } catch (e) {
-    throw new CliError(`can't open device ${path}: ${messageOf(e)}`, 1, { cause: e });
+    throw new CliError(`${cantOpen}: ${messageOf(e)}`, 1, { cause: e });
   }
   if (!discard) discardsIgnored.add(img);
   if (flushesEachWrite(cache)) writethrough.add(img);
-  if (!readOnly && !snapshot && fmt === undefined && img.format === 'raw') err(probedRawWarning(path));
+  if (!readOnly && !snapshot && fmt === undefined && !imageOpts && img.format === 'raw') err(probedRawWarning(path));
   let failed = false;
   try {
     const lines: AsyncIterable<string> | string[] = cmds.length > 0 ? cmds : createInterface({ input: process.stdin, terminal: false });

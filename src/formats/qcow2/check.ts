@@ -25,7 +25,6 @@ import {
 } from './check-refs.js';
 import { checkExitCode, emptyCounts, type CheckCounts, type CheckResult } from '../../block/check.js';
 import { rebuildRefcountStructure } from './repair.js';
-import { refuseWithoutKey } from './encryption.js';
 
 export type { FixMode } from './check-refs.js';
 export type { CheckCounts } from '../../block/check.js';
@@ -324,7 +323,6 @@ async function clearIncompatible(st: CheckState, bits: number): Promise<void> {
 export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<CheckReport> {
   const fix = opts.fix;
   const header = await readCheckHeader(storage);
-  refuseWithoutKey(header, { writable: fix !== 'none', metadataOnly: false });
   const messages: string[] = [];
   const st = new CheckState(storage, header, messages);
   st.fix = fix;

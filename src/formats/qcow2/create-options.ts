@@ -23,6 +23,10 @@ export interface Qcow2CreateOptions {
   dataFile?: string;
   dataFileRaw: boolean;
   encryptFormat?: string;
+  /** The id of the secret holding the passphrase (encrypt.key-secret). */
+  encryptKeySecret?: string;
+  /** The other encrypt.* options given (cipher-alg, iter-time, ...), by their name after 'encrypt.'. */
+  encryptOptions?: Readonly<Record<string, string>>;
 }
 
 const bad = (msg: string) => new ImageError('bad-argument', msg);

@@ -5,6 +5,9 @@
  * extensions (backing format, data file, feature names) in qemu's order;
  * preallocation through the regular write path.
  */
+import type { SecretMap } from '../../block/secrets.js';
+import type { CryptoProvider } from '../../crypto/provider.js';
+import { LUKS_CREATE_KEYS, luksHeaderBytes, planEncryption } from './create-encryption.js';
 import type { Codecs } from '../../block/codecs.js';
 import type { OptionBag } from '../../block/options.js';
 import { ImageError } from '../../errors.js';
@@ -45,7 +48,12 @@ export function parseQcow2CreateOptions(bag: OptionBag): Qcow2CreateOptions & { 
   };
   const encryption = seen('encryption', bag.bool('encryption', false));
   const encryptFormat = seen('encrypt.format', bag.string('encrypt.format')) ?? (encryption ? 'aes' : undefined);
-  for (const k of ['cipher-alg', 'cipher-mode', 'hash-alg', 'iter-time', 'ivgen-alg', 'ivgen-hash-alg', 'key-secret']) seen(`encrypt.${k}`, bag.string(`encrypt.${k}`));
+  const encryptKeySecret = seen('encrypt.key-secret', bag.string('encrypt.key-secret'));
+  const encryptOptions: Record<string, string> = {};
+  for (const k of LUKS_CREATE_KEYS) {
+    const v = seen(`encrypt.${k}`, bag.string(`encrypt.${k}`));
+    if (v !== undefined) encryptOptions[k] = v;
+  }
   const clusterSize = seen('cluster_size', bag.size('cluster_size', 65536));
   const extendedL2 = seen('extended_l2', bag.bool('extended_l2', false));
   const preallocation = seen('preallocation', bag.string('preallocation') ?? 'off');
@@ -75,6 +83,8 @@ export function parseQcow2CreateOptions(bag: OptionBag): Qcow2CreateOptions & { 
     dataFile,
     dataFileRaw,
     encryptFormat,
+    encryptKeySecret,
+    encryptOptions,
   } as Qcow2CreateOptions & { given: Set<string> };
 }
 
@@ -88,6 +98,8 @@ export function qcow2CreateLine(filename: string, o: Qcow2CreateOptions & { give
   };
   put('encryption', given.has('encryption') ? (o.encryptFormat === 'aes' ? 'on' : 'off') : undefined);
   put('encrypt.format', o.encryptFormat);
+  put('encrypt.key-secret', o.encryptKeySecret);
+  for (const k of LUKS_CREATE_KEYS) put(`encrypt.${k}`, o.encryptOptions?.[k]);
   put('cluster_size', String(o.clusterSize), true);
   put('extended_l2', o.extendedL2 ? 'on' : 'off', true);
   put('preallocation', o.preallocation);
@@ -130,7 +142,6 @@ export function validateQcow2Create(o: Qcow2CreateOptions): Qcow2CreateOptions['
   if (o.version < 3 && o.compressionType !== 'zlib') {
     throw bad(`Non-zlib compression type is only supported with compatibility level 1.1 and above ${v3}`);
   }
-  if (o.encryptFormat !== undefined) throw new ImageError('unsupported', 'Creating encrypted images is not supported');
   // A raw external data file must stay a valid raw image: its metadata is always preallocated.
   return o.dataFileRaw && pre === 'off' ? 'metadata' : pre;
 }
@@ -144,6 +155,10 @@ const isPow2 = isPowerOfTwo;
 
 export interface CreateDeps {
   codecs: Codecs;
+  /** Secrets by id, for encrypt.key-secret. */
+  secrets?: SecretMap;
+  /** Ciphers and key derivation for an encrypted image. */
+  crypto?: CryptoProvider;
   /** Opens (creating if needed) the external data file named in the options. */
   openDataFile?: (name: string) => Promise<Storage>;
 }
@@ -155,6 +170,7 @@ export interface CreateDeps {
  */
 export async function createQcow2(storage: Storage, o: Qcow2CreateOptions & { size: number }, deps: CreateDeps): Promise<void> {
   const pre = validateQcow2Create(o);
+  const encryption = planEncryption(o.encryptFormat, o.encryptKeySecret, o.encryptOptions ?? {}, deps);
   const cs = o.clusterSize;
   const clusterBits = Math.log2(cs);
   const size = alignUp(o.size, 512);
@@ -195,6 +211,18 @@ export async function createQcow2(storage: Storage, o: Qcow2CreateOptions & { si
     header.l1TableOffset = offset;
   }
   header.size = size;
+  if (encryption?.format === 'luks') {
+    // The LUKS header and key material in clusters after the L1 table, zero-padded to a cluster (qemu's layout).
+    const luks = await luksHeaderBytes(encryption, deps);
+    const offset = await refcounts.allocate(divCeil(luks.length, cs));
+    const area = new Uint8Array(divCeil(luks.length, cs) * cs);
+    area.set(luks);
+    await storage.write(area, offset);
+    header.cryptMethod = C.CRYPT_LUKS;
+    header.extensions.cryptoHeader = { offset, length: luks.length };
+  } else if (encryption?.format === 'aes') {
+    header.cryptMethod = C.CRYPT_AES;
+  }
   await refcounts.flushBlocks();
   await storage.write(serializeHeader(header), 0);
   await storage.flush();
@@ -208,7 +236,7 @@ export async function createQcow2(storage: Storage, o: Qcow2CreateOptions & { si
     await data.truncate(size);
   }
   try {
-    if (pre !== 'off' && size > 0) await preallocate(storage, data, pre, deps.codecs);
+    if (pre !== 'off' && size > 0) await preallocate(storage, data, pre, deps, encryption?.passphrase);
   } finally {
     await data?.close();
   }
@@ -224,11 +252,13 @@ function borrowed(s: Storage): Storage {
  * does; `full` also writes the zeros, the other modes leave the file sparse
  * (Node has no fallocate).
  */
-async function preallocate(storage: Storage, data: Storage | undefined, mode: 'metadata' | 'falloc' | 'full', codecs: Codecs): Promise<void> {
+async function preallocate(storage: Storage, data: Storage | undefined, mode: 'metadata' | 'falloc' | 'full', deps: CreateDeps, key: Uint8Array | undefined): Promise<void> {
   const driver = (await openQcow2({
     storage: borrowed(storage),
     writable: true,
-    codecs,
+    codecs: deps.codecs,
+    crypto: deps.crypto,
+    encryptionKey: key,
     metadataOnly: false,
     dataFile: data ? borrowed(data) : undefined,
     openDataFile: async () => {

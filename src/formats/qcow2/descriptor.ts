@@ -17,7 +17,7 @@ const o = option;
 export const QCOW2_CREATE_OPTIONS: readonly OptionSpec[] = [
   o('encryption', 'bool', "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)"),
   o('encrypt.format', 'str', "Encrypt the image, format choices: 'aes', 'luks'", 'encryptFormat'),
-  o('encrypt.key-secret', 'str', 'ID of secret providing qcow AES key or LUKS passphrase'),
+  o('encrypt.key-secret', 'str', 'ID of secret providing qcow AES key or LUKS passphrase', 'encryptKeySecret'),
   o('encrypt.cipher-alg', 'str', 'Name of encryption cipher algorithm'),
   o('encrypt.cipher-mode', 'str', 'Name of encryption cipher mode'),
   o('encrypt.ivgen-alg', 'str', 'Name of IV generator algorithm'),
@@ -58,6 +58,7 @@ function typedOptions(bag: OptionBag) {
 
 export const qcow2Format: FormatDescriptor = {
   name: 'qcow2',
+  openOptions: ['encrypt.key-secret'],
   hasMetadata: true,
   supportsBacking: true,
   // qemu's qcow2_probe: the magic, and a version qemu can read.
@@ -81,7 +82,7 @@ export const qcow2Format: FormatDescriptor = {
     for (const k of ['nocow', 'extent_size_hint']) bag.string(k);
     const size = bag.size('size', 0);
     const parsed = typedOptions(bag);
-    await createQcow2(storage, { ...parsed, size }, { codecs: ctx.codecs, openDataFile: ctx.openDataFile });
+    await createQcow2(storage, { ...parsed, size }, { codecs: ctx.codecs, openDataFile: ctx.openDataFile, secrets: ctx.secrets, crypto: ctx.crypto });
   },
   check: (storage, repair) => checkQcow2File(storage, repair),
   writeStream: qcow2StreamWriter,

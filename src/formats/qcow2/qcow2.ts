@@ -263,8 +263,8 @@ export class Qcow2Driver implements FormatDriver {
    */
   private async prepareForWrite(): Promise<void> {
     // The key check comes first and is never cached: no write reaches an
-    // encrypted image as plaintext, however often it is tried.
-    if (this.encrypted) throw needsSecret();
+    // encrypted image unless its cipher is unlocked, however often it is tried.
+    if (this.encrypted && !this.parts.cipher) throw needsSecret();
     this.prepared ??= this.clearUnknownAutoclear().catch((e: unknown) => {
       this.prepared = undefined;
       throw e;

@@ -1,0 +1,79 @@
+/**
+ * An image named by qemu's option string (--image-opts, and later the
+ * body of a json: filename): `driver=qcow2,file.filename=disk.qcow2,
+ * encrypt.key-secret=sec0`. The protocol layer (file.*) and the node's
+ * own flags (driver, read-only) are taken apart here; the format's options
+ * stay dotted in `blockOptions` for the open path, which checks them
+ * against the format once it is known.
+ */
+import { ImageError } from '../errors.js';
+import type { ImageFormat } from './driver.js';
+import { parseOptions } from './options.js';
+import { parseFormatName } from './probe.js';
+
+export type LockingMode = 'on' | 'off' | 'auto';
+
+export interface OpenTarget {
+  /** The image file (file.filename). */
+  path: string;
+  /** driver=: named, never probed. */
+  format?: ImageFormat;
+  /** read-only=on: open read-only whatever the command would do. */
+  readOnly?: boolean;
+  /** file.locking: 'off' takes no image locks (qemu's file.locking=off). */
+  locking?: LockingMode;
+  /** The format layers' options, dotted as qemu writes them (encrypt.key-secret, backing.encrypt.key-secret). */
+  blockOptions: Record<string, string>;
+  /** Keys written without a value (key for key=on), which qemu warns about. */
+  shortForm: string[];
+}
+
+const bool = (key: string, v: string): boolean => {
+  if (v === 'on' || v === 'yes' || v === 'true' || v === 'y') return true;
+  if (v === 'off' || v === 'no' || v === 'false' || v === 'n') return false;
+  throw new ImageError('bad-argument', `Parameter '${key}' expects 'on' or 'off'`);
+};
+
+/**
+ * Parse an --image-opts string. A bare first word is qemu's implied `file`
+ * key, a reference to an existing block node, which qemu-img never has.
+ */
+export function parseOpenTarget(text: string): OpenTarget {
+  const { entries, shortForm } = parseOptions(text, { impliedKey: 'file' });
+  const opts = new Map<string, string>();
+  for (const [k, v] of entries) opts.set(k, v);
+  return openTargetFromOptions(opts, shortForm);
+}
+
+/** The same from options already split into keys (a json: body, flattened). */
+export function openTargetFromOptions(opts: ReadonlyMap<string, string>, shortForm: string[] = []): OpenTarget {
+  const nodeRef = opts.get('file');
+  if (nodeRef !== undefined) {
+    if ([...opts.keys()].some((k) => k.startsWith('file.'))) {
+      throw new ImageError('bad-argument', 'Cannot reference an existing block device with additional options or a new filename');
+    }
+    throw new ImageError('not-found', `Cannot find device='${nodeRef}' nor node-name='${nodeRef}'`);
+  }
+  const target: OpenTarget = { path: '', blockOptions: {}, shortForm };
+  const driver = opts.get('driver');
+  if (driver !== undefined) {
+    target.format = parseFormatName(driver);
+    if (target.format === undefined) throw new ImageError('unsupported', `Unknown driver '${driver}'`);
+  }
+  const protocol = opts.get('file.driver') ?? 'file';
+  if (protocol !== 'file') throw new ImageError('unsupported', `Unknown protocol driver '${protocol}' (qimg opens files only)`);
+  const path = opts.get('file.filename');
+  if (path === undefined) throw new ImageError('bad-argument', 'A block device must be specified for "file"');
+  target.path = path;
+  for (const [key, value] of opts) {
+    if (key === 'driver' || key === 'file.driver' || key === 'file.filename') continue;
+    if (key === 'read-only') target.readOnly = bool(key, value);
+    else if (key === 'file.locking') {
+      if (value !== 'on' && value !== 'off' && value !== 'auto') throw new ImageError('bad-argument', `invalid parameter value: ${value}`);
+      target.locking = value;
+    } else if (key.startsWith('file.')) {
+      throw new ImageError('bad-argument', `Block protocol 'file' doesn't support the option '${key.slice(5)}'`);
+    } else target.blockOptions[key] = value;
+  }
+  return target;
+}

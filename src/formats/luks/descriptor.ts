@@ -1,0 +1,19 @@
+/** qemu's `luks` format: a raw LUKS1 volume, as the block layer sees it. */
+import { genericCreateLine } from '../../block/create-options.js';
+import type { FormatDescriptor } from '../../block/format.js';
+import { isLuksHeader } from '../../crypto/luks-header.js';
+import { createLuksVolume } from './create.js';
+import { openLuks } from './luks.js';
+import { LUKS_CREATE_OPTIONS } from './options.js';
+
+export const luksFormat: FormatDescriptor = {
+  name: 'luks',
+  openOptions: ['key-secret'],
+  hasMetadata: true,
+  supportsBacking: false,
+  probe: (head) => isLuksHeader(head),
+  open: openLuks,
+  createOptions: LUKS_CREATE_OPTIONS,
+  createLine: (filename, bag) => genericCreateLine('luks', filename, bag.clone()),
+  create: (storage, bag, ctx) => createLuksVolume(storage, bag, ctx),
+};
