@@ -14,6 +14,9 @@ export interface QemuLuksOptions {
 export const label = (o: QemuLuksOptions): string =>
   `${o.cipherAlg} ${o.cipherMode}-${o.ivgenAlg}${o.ivgenHashAlg ? `:${o.ivgenHashAlg}` : ''} ${o.hashAlg}`;
 
+/** qemu-img's iter-time calibration error, a matter of timer resolution rather than of the volume. */
+export const QEMU_CLOCK_FLAKE = /Unable to get accurate CPU usage/;
+
 export function qemuCreateLuks(dir: string, name: string, o: QemuLuksOptions, size = '1M', password = 'pw'): string {
   const file = join(dir, name);
   const opts = [
@@ -25,7 +28,10 @@ export function qemuCreateLuks(dir: string, name: string, o: QemuLuksOptions, si
     `hash-alg=${o.hashAlg}`,
     'iter-time=10',
   ].join(',');
-  const r = qemuImg(['create', '-q', '-f', 'luks', '--object', `secret,id=s,data=${password}`, '-o', opts, file, size]);
+  const args = ['create', '-q', '-f', 'luks', '--object', `secret,id=s,data=${password}`, '-o', opts, file, size];
+  let r = qemuImg(args);
+  // qemu's PBKDF2 calibration fails when its CPU clock shows no time passing (a fast hash, a short iter-time).
+  for (let retry = 0; retry < 5 && r.status !== 0 && QEMU_CLOCK_FLAKE.test(r.stderr); retry++) r = qemuImg(args);
   if (r.status !== 0) throw new Error(`qemu-img create ${label(o)}: ${r.stderr}`);
   return file;
 }
