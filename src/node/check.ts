@@ -63,6 +63,10 @@ export async function checkImageFile(path: string, opts: CheckFileOptions = {}):
     if (!findFormat(format)?.check) {
       // -r opens the image for writing, which is when qemu warns about a probed raw image.
       if (repair !== 'none' && opts.format === undefined && format === 'raw') opts.onWarning?.(probedRawWarning(path));
+      // qemu opens the image before it finds no check: an encrypted volume without its key fails there.
+      await filesItNamesOpen(path, format, imageAccess(opts)).catch((e: unknown) => {
+        throw couldNotOpen(path, e);
+      });
       throw new CheckNotSupportedError();
     }
     let result: CheckResult;
