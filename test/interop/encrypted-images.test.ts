@@ -61,7 +61,7 @@ const ioArgs = (cmds: readonly string[], opts: string): string[] => [...SECRETS,
 /** Guest contents through the key, as qemu-img convert gives them. */
 function guest(opts: string, dir: string, name: string): Buffer {
   const out = join(dir, `${name}.guest.raw`);
-  ok(qemuImg(['convert', ...SECRETS, '--image-opts', opts, '-O', 'raw', out]), `qemu-img convert ${name}`);
+  ok(qemuImg(['convert', ...SECRETS, '--image-opts', opts, '-O', 'raw', out], { cwd: dir }), `qemu-img convert ${name}`);
   return readFileSync(out);
 }
 
@@ -73,7 +73,7 @@ const FILL = [
   'write -z -u 20k 4k',
   'discard 12k 4k',
   'write -P 0x33 65000 1100',
-  'write -P 0x44 1m-512 512',
+  'write -P 0x44 1048064 512',
 ];
 
 /** The ones qimg io runs next to qemu-io (on twin copies). */
@@ -85,7 +85,7 @@ const SEQUENCE = [
   'write -z -u 16k 8k',
   'discard 40k 12k',
   'write -P 0x58 44k 1000',
-  'write -P 0x59 1m-700 700',
+  'write -P 0x59 1047876 700',
 ];
 
 /** JSON with the fields that differ per run removed: actual-size, uuid, iteration counts. */
@@ -111,13 +111,12 @@ test('qcow2 LUKS made by qemu: convert, info, map, check as qemu-img, and nothin
     ok(qemuImg(['convert', ...SECRETS, '--image-opts', opts, '-O', 'raw', qOut]), 'qemu-img convert');
     ok(qimg(['convert', ...SECRETS, '--image-opts', opts, '-O', 'raw', mOut]), `${label(spec)} qimg convert`);
     assert.ok(readFileSync(qOut).equals(readFileSync(mOut)), `${label(spec)}: guest contents`);
+    // The outputs that depend on the cipher for every image; the rest (the same code whatever the cipher) for two.
+    const full = i < 2;
     for (const args of [
       ['info', '--output=json', ...SECRETS, '--image-opts', opts],
-      ['info', '--output=json', img],
-      ['info', img],
       ['map', '--output=json', ...SECRETS, '--image-opts', opts],
-      ['check', ...SECRETS, '--image-opts', opts],
-      ['check', '--output=json', ...SECRETS, '--image-opts', opts],
+      ...(full ? [['info', '--output=json', img], ['info', img], ['check', ...SECRETS, '--image-opts', opts], ['check', '--output=json', ...SECRETS, '--image-opts', opts]] : []),
     ]) {
       const q = qemuImg(args);
       const m = qimg(args);
@@ -125,8 +124,10 @@ test('qcow2 LUKS made by qemu: convert, info, map, check as qemu-img, and nothin
       const [qs, ms] = [q.stdout, m.stdout].map((s) => s.replace(/disk size: .*\n/, '').replace(/"actual-size": \d+/, ''));
       assert.equal(ms, qs, `${label(spec)} ${args.join(' ')}`);
     }
-    // Encrypted data has no host offset to show.
-    assert.doesNotMatch(qimg(['map', '--output=json', ...SECRETS, '--image-opts', opts]).stdout, /"offset"/);
+    if (!full) continue;
+    // Encrypted data has no host offset to show (the plain backing file's has).
+    const own = (JSON.parse(qimg(['map', '--output=json', ...SECRETS, '--image-opts', opts]).stdout) as { depth: number; offset?: number }[]).filter((e) => e.depth === 0);
+    assert.ok(own.length > 0 && own.every((e) => e.offset === undefined));
     // Without the key: every data command fails as qemu's does.
     for (const args of [
       ['convert', '-O', 'raw', img, join(dir, 'nokey.raw')],
@@ -323,11 +324,11 @@ test('raw LUKS: info, convert both ways, create, resize and check as qemu-img', 
   const [gq, gm] = [grow(qemuImg, q), grow(qimg, m)];
   assert.equal(gm.stdout, gq.stdout);
   assert.equal(gm.status, gq.status);
-  const tail = ['write -P 0x99 1536k 4k', 'write -P 0x9a 2m-100 100'];
+  const tail = ['write -P 0x99 1536k 4k', 'write -P 0x9a 2097052 100'];
   ok(qemuIo(ioArgs(tail, luksOpts(m))), 'qemu-io after grow');
   ok(qimg(['io', ...ioArgs(tail, luksOpts(q))]), 'qimg io after grow');
   for (const f of [q, m]) {
-    ok(qemuIo(ioArgs(['read -P 0x99 1536k 4k', 'read -P 0x9a 2m-100 100'], luksOpts(f))), `${f}: grown`);
+    ok(qemuIo(ioArgs(['read -P 0x99 1536k 4k', 'read -P 0x9a 2097052 100'], luksOpts(f))), `${f}: grown`);
     assert.equal(JSON.parse(ok(qimg(['info', '--output=json', ...SECRETS, '--image-opts', luksOpts(f)]), 'info').stdout)['virtual-size'], 2 << 20);
   }
   // Convert into a LUKS volume: the source's zeros are written (a new payload reads as noise).
