@@ -42,6 +42,9 @@ export interface Qcow2Encryption {
 export async function openEncryption(storage: Storage, header: Qcow2Header, ctx: DriverContext): Promise<Qcow2Encryption> {
   if (header.cryptMethod === C.CRYPT_NONE) return { ivFromGuest: false };
   const ivFromGuest = header.cryptMethod === C.CRYPT_AES;
+  const needsData = ctx.writable || !ctx.metadataOnly;
+  // qemu asks for the key before it reads the LUKS header: a data open without one fails so, whatever the header says.
+  if (needsData) requireEncryptionKey(ctx, 'encrypt.key-secret');
   let luks: { header: LuksHeader; offset: number; length: number } | undefined;
   if (header.cryptMethod === C.CRYPT_LUKS) {
     const ext = header.extensions.cryptoHeader;
@@ -51,7 +54,6 @@ export async function openEncryption(storage: Storage, header: Qcow2Header, ctx:
     luks = { header: parseLuksHeader(buf), offset: ext.offset, length: ext.length };
   }
   const info = luks && ({ format: 'luks', ...luksInfo(luks.header) } as Qcow2LuksInfo);
-  const needsData = ctx.writable || !ctx.metadataOnly;
   if (!needsData && !ctx.encryptionKey) return { luks: info, ivFromGuest };
   const key = requireEncryptionKey(ctx, 'encrypt.key-secret');
   const crypto = ctx.crypto ?? portableCrypto;
