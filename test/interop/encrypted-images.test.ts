@@ -399,6 +399,16 @@ test('convert: encrypted to plain, plain to encrypted, encrypted to encrypted; r
     assert.ok(readFileSync(pre).equals(before), `${what}: target untouched`);
   }
   assert.match(qemuImg(cases[0]![1](join(dir, 'c.out'))).stderr, /Compression and encryption not supported at the same time/);
+  // -c into an existing encrypted image, with its key: qemu fails the first write with EIO; qimg
+  // fails it too (exit 1, same prefix) but says why, and writes nothing.
+  const before = readFileSync(pre);
+  const cArgs = ['convert', '-n', '-c', ...SECRETS, '--target-image-opts', src, qcow2Opts(pre)];
+  const [qc, mc] = [qemuImg(cArgs), qimg(cArgs)];
+  assert.equal(qc.stderr, 'qemu-img: error while writing at byte 0: Input/output error\n');
+  assert.equal(mc.status, qc.status);
+  assert.equal(mc.stderr, 'qimg: error while writing at byte 0: Compression and encryption not supported at the same time\n');
+  assert.ok(readFileSync(pre).equals(before) || guest(qcow2Opts(pre), dir, 'pre2').equals(want), 'no plaintext, guest unchanged');
+  assert.ok(!readFileSync(pre).includes(Buffer.alloc(64, 0x21)), 'no plaintext in the file');
 });
 
 test('compressed clusters: qemu writes them unencrypted; qimg reads them and refuses to write them', async (t) => {
