@@ -64,6 +64,11 @@ export interface FormatDescriptor {
   readonly hasMetadata: boolean;
   /** Whether images of this format may name a backing file. */
   readonly supportsBacking: boolean;
+  /**
+   * A new image does not read as zeros (a raw LUKS payload decrypts to
+   * noise), so convert writes the source's zeros into it.
+   */
+  readonly notZeroInitialized?: boolean;
   /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */
   probe?(head: Uint8Array): boolean;
   readonly open: DriverOpener;

@@ -63,6 +63,10 @@ export async function checkImageFile(path: string, opts: CheckFileOptions = {}):
     if (!findFormat(format)?.check) {
       // -r opens the image for writing, which is when qemu warns about a probed raw image.
       if (repair !== 'none' && opts.format === undefined && format === 'raw') opts.onWarning?.(probedRawWarning(path));
+      // qemu opens the image before it finds no check: an encrypted volume without its key fails there.
+      await filesItNamesOpen(path, format, imageAccess(opts)).catch((e: unknown) => {
+        throw couldNotOpen(path, e);
+      });
       throw new CheckNotSupportedError();
     }
     let result: CheckResult;
@@ -107,7 +111,8 @@ async function formatOf(storage: Storage, path: string, named: string | undefine
 async function filesItNamesOpen(path: string, format: ImageFormat, access: ImageAccessOptions): Promise<void> {
   let img;
   try {
-    img = await openImageFile(path, { format, ...access });
+    // Without locks: this call holds the image's (a repair's write lock would refuse a second open).
+    img = await openImageFile(path, { format, ...access, locking: 'off' });
   } catch (e) {
     // The image itself is open already, so a file that cannot be opened is one it names.
     if (e instanceof ImageError && /^Could not open (backing file|')/.test(e.message)) throw e;

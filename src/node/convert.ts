@@ -143,9 +143,11 @@ export async function convertImageFile(sources: string | readonly string[], outp
     if (cacheMode === undefined) throw bad(`Invalid cache option: ${opts.cache}`);
     const targetUnsafe = dropsFlushes(cacheMode);
 
+    // A target created encrypted is opened with the key its creation options name, as qemu does.
+    const createdKey = noCreate ? {} : keySecretOptions(descriptor?.openOptions ?? [], bag);
     if (!noCreate) {
       try {
-        await createFormattedOn(nodeHost, output, { format: fmt, options: bag, size: total });
+        await createFormattedOn(nodeHost, output, { format: fmt, options: bag, size: total, secrets: opts.secrets });
         created = true;
       } catch (e) {
         const hint = isImageError(e) && e.hint ? e.hint.replace(/\n$/, '') : '';
@@ -157,7 +159,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
     let clusterSize: number | undefined;
     if (isImageFmt) {
       try {
-        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe, secrets: opts.secrets, blockOptions: opts.targetBlockOptions });
+        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe, secrets: opts.secrets, blockOptions: { ...createdKey, ...opts.targetBlockOptions } });
       } catch (e) {
         throw couldNotOpen(output, e);
       }
@@ -185,7 +187,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
         sparseSize: opts.sparseSize,
         // Compression runs on the libuv pool: keep every core busy.
         parallel: opts.compress ? Math.max(parallel, 2 * availableParallelism()) : parallel,
-        targetIsZero: !noCreate || (opts.targetIsZero ?? false),
+        targetIsZero: noCreate ? (opts.targetIsZero ?? false) : !descriptor?.notZeroInitialized,
         targetHasBacking,
         inOrder: opts.inOrder ?? true,
         salvage: opts.salvage,
@@ -244,4 +246,14 @@ async function openSource(path: string, opts: ConvertFileOptions, internalSnapsh
 function createBag(format: string, options: ConvertFileOptions['options']): OptionBag {
   if (options === undefined || typeof options === 'string') return parseCreateOptions(format, options);
   return optionsToBag(format, options);
+}
+
+/** The key-secret open options (`encrypt.key-secret`, `key-secret`) a creation bag sets. */
+function keySecretOptions(openOptions: readonly string[], bag: OptionBag): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of openOptions) {
+    const v = k.endsWith('key-secret') ? bag.peek(k) : undefined;
+    if (v !== undefined) out[k] = v;
+  }
+  return out;
 }

@@ -1,9 +1,10 @@
 /**
- * Encrypted qcow2 (LUKS and legacy AES) made by qemu-img: qimg holds no
- * keys, so it refuses every open but a metadata-only one, as qemu does
- * without the secret. Above all, no write path may put plaintext into the
- * image, however often it is tried: each attempt below must fail and leave
- * the file byte-for-byte as it was.
+ * Encrypted qcow2 (LUKS and legacy AES) made by qemu-img, opened without
+ * the key: every open but a metadata-only one is refused, as qemu refuses
+ * one without the secret. Above all, no write path may put plaintext into
+ * the image, however often it is tried: each attempt below must fail and
+ * leave the file byte-for-byte as it was. (With the key, see
+ * encrypted-images.test.ts.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

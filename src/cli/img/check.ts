@@ -103,7 +103,8 @@ export async function cmdCheck(args: string[]): Promise<number> {
     );
   }
   if (r.failed === undefined && !quiet) {
-    if (output === 'json') out(`${toQemuJson(checkJson(r.counts, path, r.format))}\n`);
+    // qemu names the image as given (the option string under --image-opts).
+    if (output === 'json') out(`${toQemuJson(checkJson(r.counts, operands[0]!, r.format))}\n`);
     else out(human(r.counts));
   }
   if (r.failed !== undefined) {

@@ -1,6 +1,6 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
 import { convertImageFile, isImageError, parseCacheMode, type InternalSnapshotRef } from '../../node.js';
-import { checkImageOptsFormat, CliError, cvtnum, err, imageOperand, messageOf, openCli, out, PROG, Progress } from '../common.js';
+import { checkImageOptsFormat, CliError, cvtnum, err, imageOperand, messageOf, namedAsGiven, openCli, out, PROG, Progress } from '../common.js';
 import { ObjectStore } from '../objects.js';
 import { getopt, parseSize } from '../options.js';
 import { hasHelpOption, parseOptions } from '../../node.js';
@@ -248,7 +248,9 @@ export async function cmdConvert(args: string[]): Promise<number> {
   meter.print(0, 100);
   try {
     try {
-      await convertImageFile(srcPaths, outPath, {
+      // Under --image-opts / --target-image-opts qemu names an image by its option string.
+      const given = (i: number, path: string): [string, string] => [(i < 0 ? targetImageOpts : imageOpts) ? operands.at(i)! : path, path];
+      const run = (): Promise<void> => convertImageFile(srcPaths, outPath, {
         format: outFmt,
         sourceFormat: srcFmt,
         sourceSnapshot,
@@ -278,6 +280,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
         skipBrokenBitmaps,
         onWarning: (m) => err(`${PROG}: warning: ${m}\n`),
       });
+      const named = (): Promise<void> => (srcPaths.length === 1 ? namedAsGiven(...given(0, srcPaths[0]!), run) : run());
+      await (targetImageOpts ? namedAsGiven(...given(-1, outPath), named) : named());
     } catch (e) {
       if (isImageError(e)) throw new CliError(e.hint ? `${e.message}\n${e.hint}` : e.message, 1, { cause: e });
       throw e;

@@ -38,8 +38,9 @@ export async function imageInfo(path: string, format: string | undefined, forceS
 function nodeName(t: OpenTarget, format: string): string {
   const opts = Object.entries(t.blockOptions);
   if (opts.length === 0) return t.path;
-  const body = [...opts.map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`), `"driver": ${JSON.stringify(format)}`, `"file": {"driver": "file", "filename": ${JSON.stringify(t.path)}}`];
-  return `json:{${body.join(', ')}}`;
+  // qemu prints its options dictionary in hash order.
+  const values = new Map<string, string>([...opts.map(([k, v]): [string, string] => [k, JSON.stringify(v)]), ['driver', JSON.stringify(format)], ['file', `{"driver": "file", "filename": ${JSON.stringify(t.path)}}`]]);
+  return `json:{${qdictOrder([...values.keys()]).map((k) => `${JSON.stringify(k)}: ${values.get(k)!}`).join(', ')}}`;
 }
 
 /** Walk a backing chain by name, top first, as qemu-img's collect_image_info_list does. */

@@ -1,7 +1,7 @@
 /** qemu's `luks` format: a raw LUKS1 volume, as the block layer sees it. */
 import { genericCreateLine } from '../../block/create-options.js';
 import type { FormatDescriptor } from '../../block/format.js';
-import { isLuksHeader } from '../../crypto/luks-header.js';
+import { LUKS_MAGIC } from '../../crypto/luks-header.js';
 import { createLuksVolume } from './create.js';
 import { openLuks } from './luks.js';
 import { LUKS_CREATE_OPTIONS } from './options.js';
@@ -11,7 +11,9 @@ export const luksFormat: FormatDescriptor = {
   openOptions: ['key-secret'],
   hasMetadata: true,
   supportsBacking: false,
-  probe: (head) => isLuksHeader(head),
+  notZeroInitialized: true,
+  // qemu's probe: the magic and version 1 in the first 8 bytes (the probe reads less than a whole header).
+  probe: (head) => head.length >= 8 && LUKS_MAGIC.every((b, i) => head[i] === b) && head[6] === 0 && head[7] === 1,
   open: openLuks,
   createOptions: LUKS_CREATE_OPTIONS,
   createLine: (filename, bag) => genericCreateLine('luks', filename, bag.clone()),

@@ -75,6 +75,9 @@ export class LuksDriver implements FormatDriver {
 
 export async function openLuks(ctx: DriverContext): Promise<FormatDriver> {
   const { storage } = ctx;
+  const metadataOnly = ctx.metadataOnly && !ctx.writable;
+  // qemu asks for the key before it reads the header.
+  if (!metadataOnly) requireEncryptionKey(ctx, 'key-secret');
   const head = new Uint8Array(LUKS_HEADER_SIZE);
   await storage.read(head, 0);
   const header = parseLuksHeader(head);
@@ -82,7 +85,7 @@ export async function openLuks(ctx: DriverContext): Promise<FormatDriver> {
   const fileSize = await storage.size();
   if (fileSize < payload) throw new ImageError('invalid', 'LUKS payload is overlapping with the header');
   const size = fileSize - payload - ((fileSize - payload) % LUKS_SECTOR);
-  if (ctx.metadataOnly && !ctx.writable && !ctx.encryptionKey) return new LuksDriver(storage, false, header, payload, size, undefined);
+  if (metadataOnly && !ctx.encryptionKey) return new LuksDriver(storage, false, header, payload, size, undefined);
   const key = requireEncryptionKey(ctx, 'key-secret');
   const crypto = ctx.crypto ?? portableCrypto;
   const readAt = async (offset: number, length: number): Promise<Uint8Array> => {

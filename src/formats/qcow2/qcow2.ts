@@ -420,6 +420,11 @@ export class Qcow2Driver implements FormatDriver {
     return c.ivFromGuest ? c.storage.withIvOffset(guestOffset - hostOffset) : c.storage;
   }
 
+  /** Where a cluster without data lies; not told for an encrypted image, as qemu reports no offsets there. */
+  private hostPlace(hostOffset: number): { storage?: Storage; hostOffset?: number } {
+    return this.encrypted ? {} : { storage: this.dataStorage(), hostOffset };
+  }
+
   private dataStorage(): Storage {
     const s = this.parts.dataStorage;
     if (s) return s;
@@ -440,11 +445,11 @@ export class Qcow2Driver implements FormatDriver {
         return m;
       }
       case Sub.ZERO_ALLOC:
-        return { kind: 'zero', length, storage: this.dataStorage(), hostOffset: run.hostOffset };
+        return { kind: 'zero', length, ...this.hostPlace(run.hostOffset) };
       case Sub.ZERO_PLAIN:
         return { kind: 'zero', length };
       case Sub.UNALLOCATED_ALLOC:
-        return { kind: 'unallocated', length, storage: this.dataStorage(), hostOffset: run.hostOffset };
+        return { kind: 'unallocated', length, ...this.hostPlace(run.hostOffset) };
       case Sub.COMPRESSED:
         return { kind: 'compressed', length };
       default:

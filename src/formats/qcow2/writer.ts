@@ -530,10 +530,14 @@ export class Qcow2Writer {
           await this.setEntry(g, e);
           hostEnd = Math.max(hostEnd, h + cs);
         }
-        if (writeZeros && host >= 0 && this.cfg.dataAt) {
-          // IVs by guest sector: each cluster's zeros are enciphered for where the guest sees them.
+        if (writeZeros && (this.cfg.dataAt || (host < 0 && this.cfg.encrypted))) {
+          // Cluster by cluster: legacy AES takes IVs by guest sector, and a data file's clusters sit at their
+          // guest offsets. Encrypted zeros even in a data file, whose holes would decrypt to noise.
           const zeros = new Uint8Array(cs);
-          for (let k = 0; k < todo.length; k++) await this.dataFor(todo[k]!, host + k * cs).write(zeros, host + k * cs);
+          for (let k = 0; k < todo.length; k++) {
+            const h = host < 0 ? todo[k]! : host + k * cs;
+            await this.dataFor(todo[k]!, h).write(zeros, h);
+          }
         } else if (writeZeros && host >= 0) {
           const zeros = new Uint8Array(Math.min(todo.length * cs, 1 << 20));
           for (let off = 0; off < todo.length * cs; off += zeros.length) {
