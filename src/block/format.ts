@@ -72,6 +72,12 @@ export interface FormatDescriptor {
   readonly hasMetadata: boolean;
   /** Whether images of this format may name a backing file. */
   readonly supportsBacking: boolean;
+  /**
+   * false when a newly created image does not read as zeros (a raw LUKS
+   * volume's sparse payload decrypts to noise), so convert must write its
+   * zeros; absent means it does (qemu's bdrv_has_zero_init).
+   */
+  readonly createdZeroed?: boolean;
   /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */
   probe?(head: Uint8Array): boolean;
   readonly open: DriverOpener;

@@ -145,7 +145,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
 
     if (!noCreate) {
       try {
-        await createFormattedOn(nodeHost, output, { format: fmt, options: bag, size: total });
+        await createFormattedOn(nodeHost, output, { format: fmt, options: bag, size: total, secrets: opts.secrets });
         created = true;
       } catch (e) {
         const hint = isImageError(e) && e.hint ? e.hint.replace(/\n$/, '') : '';
@@ -157,7 +157,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
     let clusterSize: number | undefined;
     if (isImageFmt) {
       try {
-        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe, secrets: opts.secrets, blockOptions: opts.targetBlockOptions });
+        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe, secrets: opts.secrets, blockOptions: targetOpenOptions(fmt, bag, opts.targetBlockOptions) });
       } catch (e) {
         throw couldNotOpen(output, e);
       }
@@ -185,7 +185,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
         sparseSize: opts.sparseSize,
         // Compression runs on the libuv pool: keep every core busy.
         parallel: opts.compress ? Math.max(parallel, 2 * availableParallelism()) : parallel,
-        targetIsZero: !noCreate || (opts.targetIsZero ?? false),
+        targetIsZero: (!noCreate && findFormat(fmt)?.createdZeroed !== false) || (opts.targetIsZero ?? false),
         targetHasBacking,
         inOrder: opts.inOrder ?? true,
         salvage: opts.salvage,
@@ -244,4 +244,16 @@ async function openSource(path: string, opts: ConvertFileOptions, internalSnapsh
 function createBag(format: string, options: ConvertFileOptions['options']): OptionBag {
   if (options === undefined || typeof options === 'string') return parseCreateOptions(format, options);
   return optionsToBag(format, options);
+}
+
+/**
+ * The target's open options: those given, plus the key-secret its creation
+ * options named (qemu opens a new encrypted target with the key it was
+ * created with).
+ */
+function targetOpenOptions(fmt: ImageFormat, bag: OptionBag, given: Readonly<Record<string, string>> | undefined): Readonly<Record<string, string>> | undefined {
+  const key = findFormat(fmt)?.openOptions?.find((k) => k === 'key-secret' || k === 'encrypt.key-secret');
+  const id = key === undefined ? undefined : bag.peek(key);
+  if (key === undefined || id === undefined || given?.[key] !== undefined) return given;
+  return { ...given, [key]: id };
 }

@@ -13,6 +13,7 @@ export const luksFormat: FormatDescriptor = {
   openOptions: ['key-secret'],
   hasMetadata: true,
   supportsBacking: false,
+  createdZeroed: false,
   probe: (head) => isLuksHeader(head),
   open: openLuks,
   createOptions: LUKS_CREATE_OPTIONS,
