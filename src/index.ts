@@ -184,3 +184,5 @@ export type { AmendContext } from './block/format.js';
 export { parseOptions, type OptionSyntax, type ParsedOptions } from './block/options.js';
 export { parseOpenTarget, openTargetFromOptions, type OpenTarget, type LockingMode } from './block/open-target.js';
 export { lookupSecret, requireEncryptionKey, secretBytes, type SecretMap } from './block/secrets.js';
+// amend LUKS key slots: a passphrase or how to get it, for amendLuksSlots
+export type { LuksSecretSource } from './crypto/luks-amend.js';

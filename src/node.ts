@@ -31,3 +31,5 @@ export { amendImageFile, amendOptionHelp, amendOptionsToBag, type AmendOptions, 
 export { nodeCrypto } from './io/crypto.js';
 // Secrets and image options (--object secret, --image-opts)
 export { imageAccess, type ImageAccessOptions } from './node/open.js';
+// amend LUKS key slots: typed key-slot options for amendImageFile
+export type { KeyslotAmendment } from './node/amend.js';

@@ -52,6 +52,14 @@ export interface AmendContext {
   resize?(newSize: number): Promise<void>;
   /** What qemu prints on stderr on the way (a dirty image's refcount repair), each line ending in a newline. */
   onWarning?: (message: string) => void;
+  /** Secrets by id, for options that name one (encrypt.new-secret, encrypt.old-secret). */
+  secrets?: SecretMap;
+  /** The image's key (the secret its key-secret open option names), which unlocks it before key slots change. */
+  encryptionKey?: Uint8Array;
+  /** Ciphers and key derivation for encrypted images; the portable ones when absent. */
+  crypto?: CryptoProvider;
+  /** qemu-img amend --force: allows erasing the last key slot (and overwriting an active one). */
+  force?: boolean;
 }
 
 export interface FormatDescriptor {

@@ -6,6 +6,9 @@ import { imagePermissions } from '../block/perms.js';
 import { parseFormatName, probeStorage } from '../block/probe.js';
 import type { ImageFormat } from '../block/driver.js';
 import { ImageError } from '../errors.js';
+import { rememberingPbkdf2 } from '../crypto/memo.js';
+import { nodeCrypto } from '../io/crypto.js';
+import { secretBytes } from '../block/secrets.js';
 import { dropsFlushes, type CacheMode } from '../io/cache.js';
 import { FileStorage } from '../io/file.js';
 import type { Storage } from '../io/storage.js';
@@ -33,6 +36,21 @@ export interface AmendOptions {
   dataFile?: string;
   /** Only `false` (clear the flag) or its current value. */
   dataFileRaw?: boolean;
+  /** Add or erase LUKS key slots (qcow2 `encrypt.*`, raw luks). The image's own key comes from its key-secret. */
+  keyslots?: KeyslotAmendment;
+}
+
+/** qemu-img amend's key-slot options; secrets are ids into AmendFileOptions.secrets. */
+export interface KeyslotAmendment {
+  /** active: add `newSecret` (in `keyslot` or the first free slot); inactive: erase `keyslot` or every slot `oldSecret` opens. */
+  state: 'active' | 'inactive';
+  keyslot?: number;
+  /** Id of the secret the new slot holds. */
+  newSecret?: string;
+  /** Id of the secret whose slots are erased (or which `keyslot` must hold). */
+  oldSecret?: string;
+  /** Milliseconds PBKDF2 should take for the new slot (default 2000). */
+  iterTime?: number;
 }
 
 export interface AmendFileOptions extends Pick<OperationOptions, 'signal' | 'onProgress'>, ImageAccessOptions {
@@ -44,9 +62,11 @@ export interface AmendFileOptions extends Pick<OperationOptions, 'signal' | 'onP
   onStart?: () => void;
   /** Receives qemu's warnings (a probed raw image opened for writing). */
   onWarning?: (message: string) => void;
+  /** qemu-img amend --force: allows erasing the last key slot (and overwriting an active one). */
+  force?: boolean;
 }
 
-const KEYS: Record<keyof AmendOptions, string> = {
+const KEYS: Record<Exclude<keyof AmendOptions, 'keyslots'>, string> = {
   version: 'compat',
   lazyRefcounts: 'lazy_refcounts',
   refcountBits: 'refcount_bits',
@@ -57,12 +77,29 @@ const KEYS: Record<keyof AmendOptions, string> = {
   dataFileRaw: 'data_file_raw',
 };
 
-/** Typed amendments as qemu's -o list. */
-export function amendOptionsToBag(o: AmendOptions): OptionBag {
+const KEYSLOT_KEYS: Record<keyof KeyslotAmendment, string> = {
+  state: 'state',
+  keyslot: 'keyslot',
+  newSecret: 'new-secret',
+  oldSecret: 'old-secret',
+  iterTime: 'iter-time',
+};
+
+/**
+ * Typed amendments as qemu's -o list; key-slot options get the format's
+ * prefix (`encrypt.` for qcow2, none for a raw luks volume).
+ */
+export function amendOptionsToBag(o: AmendOptions, keyslotPrefix = 'encrypt.'): OptionBag {
   const bag = new OptionBag();
-  for (const [k, v] of Object.entries(o) as Array<[keyof AmendOptions, unknown]>) {
+  for (const [k, v] of Object.entries(o.keyslots ?? {}) as Array<[keyof KeyslotAmendment, unknown]>) {
     if (v === undefined) continue;
-    const key = KEYS[k];
+    const key = KEYSLOT_KEYS[k];
+    if (key === undefined) throw new ImageError('bad-argument', `Invalid parameter '${k}'`);
+    bag.set(`${keyslotPrefix}${key}`, String(v));
+  }
+  for (const [k, v] of Object.entries(o) as Array<[keyof AmendOptions, unknown]>) {
+    if (v === undefined || k === 'keyslots') continue;
+    const key = KEYS[k as Exclude<keyof AmendOptions, 'keyslots'>];
     if (key === undefined) throw new ImageError('bad-argument', `Invalid parameter '${k}'`);
     const text = k === 'version' ? (v === 2 ? '0.10' : '1.1') : typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
     bag.set(key, text);
@@ -73,7 +110,8 @@ export function amendOptionsToBag(o: AmendOptions): OptionBag {
 /**
  * Change options of an existing image file as qemu-img amend does (qcow2:
  * compat upgrade or downgrade, refcount_bits, size, lazy_refcounts,
- * data_file name, data_file_raw off).
+ * data_file name, data_file_raw off; LUKS key slots of qcow2 and raw luks
+ * images, which are unlocked with their key-secret first).
  * `options` is typed, or a qemu -o list. Rejects with qemu's messages;
  * formats without amendment reject with "does not support option amendment".
  *
@@ -82,8 +120,10 @@ export function amendOptionsToBag(o: AmendOptions): OptionBag {
  */
 export async function amendImageFile(path: string, options: AmendOptions | string, opts: AmendFileOptions = {}): Promise<AmendFileResult> {
   throwIfAborted(opts.signal);
+  // Opening unlocks an encrypted image and changing its key slots unlocks it again: the second costs no PBKDF2.
+  const crypto = rememberingPbkdf2(nodeCrypto);
   // Before the writable open, whose lock a second open of the same file would meet.
-  await filesItNamesOpen(path, opts.format, imageAccess(opts));
+  await filesItNamesOpen(path, opts.format, imageAccess(opts), { ...nodeHost, crypto });
   let storage: Storage;
   try {
     storage = await FileStorage.open(path, { writable: true, unsafe: dropsFlushes(opts.cache ?? 'writeback') });
@@ -101,13 +141,18 @@ export async function amendImageFile(path: string, options: AmendOptions | strin
     if (typeof options === 'string' && hasHelpOption(options)) return { format, help: amendOptionHelp(format) };
     const d = findFormat(format);
     if (!d?.amend) throw notAmendable(format);
-    const bag = typeof options === 'string' ? parseAmendList(options) : amendOptionsToBag(options);
+    const prefix = d.amendOptions?.some(([k]) => k === 'encrypt.state') ? 'encrypt.' : '';
+    const bag = typeof options === 'string' ? parseAmendList(options) : amendOptionsToBag(options, prefix);
     throwIfAborted(opts.signal);
     await d.amend(storage, bag, {
       onProgress: opts.onProgress,
       onStart: opts.onStart,
       onWarning: opts.onWarning,
-      resize: (size) => resizeOver(storage, path, format, size),
+      resize: (size) => resizeOver(storage, path, format, size, { ...imageAccess(opts), crypto }),
+      secrets: opts.secrets,
+      encryptionKey: imageKey(d.openOptions, opts),
+      crypto,
+      force: opts.force,
     });
     return { format };
   } finally {
@@ -140,19 +185,28 @@ export function amendOptionHelp(format: string): string {
  * qemu-img amend opens the image with its backing chain and data file, so
  * one of those that cannot be opened fails the amendment before it starts.
  */
-async function filesItNamesOpen(path: string, format: string | undefined, access: ImageAccessOptions): Promise<void> {
+async function filesItNamesOpen(path: string, format: string | undefined, access: ImageAccessOptions, host: Host): Promise<void> {
   const named = format === undefined ? undefined : parseFormatName(format);
   if (format !== undefined && named === undefined) return;
   let img;
   try {
-    img = await openImageFile(path, { format: named, ...access });
+    img = await openImageFile(path, { format: named, ...access, host });
   } catch (e) {
     if (e instanceof ImageError && e.message.startsWith('Could not open backing file')) throw couldNotOpen(path, e);
-    if (e instanceof ImageError && (e.code === 'needs-secret' || e.message.startsWith('Block format '))) throw couldNotOpen(path, e);
+    if (e instanceof ImageError && (e.code === 'needs-secret' || e.code === 'bad-secret' || e.message.startsWith('Block format '))) throw couldNotOpen(path, e);
     if (e instanceof ImageError && e.message.startsWith("Could not open '") && !e.message.startsWith(`Could not open '${path}'`)) throw couldNotOpen(path, e);
     return;
   }
   await img.close();
+}
+
+/** The image's key: the secret its key-secret open option names, else the passphrase given. */
+function imageKey(openOptions: readonly string[] | undefined, o: ImageAccessOptions): Uint8Array | undefined {
+  const option = openOptions?.find((k) => k === 'key-secret' || k.endsWith('.key-secret'));
+  const id = option === undefined ? undefined : o.blockOptions?.[option];
+  if (id === undefined) return o.passphrase === undefined ? undefined : secretBytes(o.passphrase);
+  const v = o.secrets && Object.prototype.hasOwnProperty.call(o.secrets, id) ? o.secrets[id] : undefined;
+  return v === undefined ? undefined : secretBytes(v);
 }
 
 /**
@@ -160,12 +214,14 @@ async function filesItNamesOpen(path: string, format: string | undefined, access
  * lock held) with its backing chain and data file, resized as qemu's amend
  * truncates it (shrinking allowed), closed.
  */
-async function resizeOver(storage: Storage, path: string, format: ImageFormat, size: number): Promise<void> {
+async function resizeOver(storage: Storage, path: string, format: ImageFormat, size: number, access: ImageAccessOptions & { crypto: Host['crypto'] }): Promise<void> {
+  const { crypto, ...rest } = access;
   const host: Host = {
     ...nodeHost,
+    crypto,
     openStorage: async (p, o) => (p === path ? borrowed(storage) : nodeHost.openStorage(p, o)),
   };
-  const img = await openImage(path, { host, format, writable: true });
+  const img = await openImage(path, { secrets: rest.secrets, blockOptions: rest.blockOptions, passphrase: rest.passphrase, host, format, writable: true });
   try {
     await resizeImage(img, size, { shrink: true });
   } finally {

@@ -132,6 +132,7 @@ export function analyse(seed: Seed): Layout {
   };
   if (seed.format === 'qcow2') return analyseQcow2(b, base);
   if (seed.format === 'qed') return analyseQed(b, base);
+  if (seed.format === 'luks') return { ...base, luks: { at: 0, size: 592 } };
   return base;
 }
 
@@ -532,6 +533,31 @@ const STRING_DICTIONARY = [
 
 type Mutator = (b: Uint8Array, L: Layout, rng: Rng) => Edit | Edit[] | undefined;
 
+/**
+ * One 32-bit LUKS header field (big-endian) set to a value that matters to
+ * it: iteration counts up to 2^32-1 (work a hostile header asks for),
+ * stripes (memory), key material and payload offsets past the end, key
+ * sizes, slot states.
+ */
+function luksFieldEdit(b: Uint8Array, base: number, L: Layout, r: Rng): Edit {
+  const slot = r.int(8);
+  const s = base + 208 + slot * 48;
+  const endSectors = Math.ceil(L.fileSize / 512);
+  const cur = (at: number): number => Number(read(b, at, 4, false));
+  const fields: Array<[string, number, number[]]> = [
+    ['mk-digest-iter', base + 164, [0, 1, 999, 1000, 1001, 1 << 26, (1 << 26) + 1, 0x7fffffff, 0xffffffff]],
+    ['key-bytes', base + 108, [0, 1, 16, 24, 31, 32, 33, 48, 63, 64, 65, 128, 0x10000, 0xffffffff]],
+    ['payload-offset', base + 104, [0, 1, 7, 8, cur(base + 104) - 1, cur(base + 104) + 8, endSectors, endSectors + 1, 0x7fffffff, 0xffffffff]],
+    [`slot ${slot} state`, s, [0x00ac71f3, 0x0000dead, 0, 0xffffffff]],
+    [`slot ${slot} iterations`, s + 4, [0, 1, 1000, 20000, 100000, 1 << 26, (1 << 26) + 1, 0x80000000, 0xffffffff]],
+    [`slot ${slot} key offset`, s + 40, [0, 1, 7, 8, cur(s + 40) + 1, cur(base + 104), endSectors, endSectors + 8, 0x7fffffff, 0xffffffff]],
+    [`slot ${slot} stripes`, s + 44, [0, 1, 2, 3999, 4000, 4001, 0x10000, 0x7fffffff, 0xffffffff]],
+  ];
+  const [name, at, values] = r.pick(fields);
+  const v = r.pick(values) >>> 0;
+  return bytesEdit(at, encode(BigInt(v), 4, false), `LUKS ${name} = ${v}`);
+}
+
 const MUTATORS: Array<{ name: string; weight: number; run: Mutator }> = [
   { name: 'header', weight: 10, run: (b, L, r) => (L.header.length ? fieldEdit(b, r.pick(L.header), L, r) : undefined) },
   {
@@ -676,6 +702,7 @@ const MUTATORS: Array<{ name: string; weight: number; run: Mutator }> = [
         if (r.bool(0.2)) data.fill(0x41, Math.min(len, word.length)); // no terminator
         return bytesEdit(L.luks.at + off, data, `LUKS ${what} = '${word}'`);
       }
+      if (r.bool(0.6)) return luksFieldEdit(b, L.luks.at, L, r);
       const at = L.luks.at + r.pick([0, 6, 8, 40, 72, 104, 108, 164, 208, 212, 248, 252, 256, r.int(L.luks.size)]);
       return bytesEdit(at, r.bool(0.5) ? r.bytes(r.range(1, 8)) : new Uint8Array(4).fill(r.pick([0, 0xff])), `LUKS header bytes at ${at}`);
     },

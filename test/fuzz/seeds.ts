@@ -9,8 +9,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { rekeyLuks, xtsEncrypt } from './luks-seed.js';
 
-export type SeedFormat = 'qcow2' | 'qed' | 'raw';
+export type SeedFormat = 'qcow2' | 'qed' | 'raw' | 'luks';
 
 export interface Seed {
   name: string;
@@ -154,6 +155,13 @@ const RECIPES: SeedRecipe[] = [
     ],
   },
   {
+    // A raw LUKS volume (re-keyed to FUZZ_PASSPHRASE with small iteration counts, guest data written after).
+    name: 'luks',
+    format: 'luks',
+    file: 'img.luks',
+    steps: [['qemu-img', 'create', '-q', '--object', 'secret,id=sec0,data=fuzz', '-f', 'luks', '-o', 'key-secret=sec0,iter-time=10', 'img.luks', '256k']],
+  },
+  {
     name: 'qed',
     format: 'qed',
     file: 'img.qed',
@@ -226,6 +234,7 @@ function makeSeed(root: string, r: SeedRecipe): Seed {
   }
   const bytes = new Uint8Array(readFileSync(join(dir, r.file)));
   if (r.format === 'qcow2') normaliseQcow2(bytes);
+  if (r.format === 'luks') normaliseLuksVolume(bytes);
   const sidecars: Record<string, Uint8Array> = {};
   for (const s of r.sidecars ?? []) sidecars[s] = new Uint8Array(readFileSync(join(dir, s)));
   return { name: r.name, format: r.format, file: r.file, bytes, sidecars };
@@ -257,33 +266,18 @@ function normaliseQcow2(b: Uint8Array): void {
       if (magic === 0) break;
       if (magic === 0x0537be77 && len === 16) {
         const off = Number(v.getBigUint64(e + 8));
-        if (off + 592 <= b.length) normaliseLuks(b, off);
-        // Key material: from the first keyslot's area up to the payload.
-        const dv = new DataView(b.buffer, b.byteOffset + off, 592);
-        const from = off + dv.getUint32(208 + 40) * 512;
-        const to = Math.min(b.length, off + dv.getUint32(104) * 512);
-        for (let i = from; i < to; i++) b[i] = (i * 13) & 0xff;
+        // The image has no guest data yet: the new master key encrypts what the fuzzer writes.
+        if (off + 592 <= b.length) rekeyLuks(b, off);
       }
       e += 8 + ((len + 7) & ~7);
     }
   }
 }
 
-function normaliseLuks(b: Uint8Array, off: number): void {
-  const v = new DataView(b.buffer, b.byteOffset + off, 592);
-  const fill = (at: number, n: number, x: number): void => {
-    for (let i = 0; i < n; i++) v.setUint8(at + i, (x + i * 7) & 0xff);
-  };
-  fill(112, 20, 1); // mk-digest
-  fill(132, 32, 2); // mk-digest-salt
-  v.setUint32(164, 1000); // mk-digest-iter
-  const uuid = '01234567-89ab-cdef-0123-456789abcdef';
-  for (let i = 0; i < 40; i++) v.setUint8(168 + i, i < uuid.length ? uuid.charCodeAt(i) : 0);
-  for (let k = 0; k < 8; k++) {
-    const s = 208 + k * 48;
-    if (v.getUint32(s) === 0x00ac71f3) {
-      v.setUint32(s + 4, 1000); // iterations
-      fill(s + 8, 32, 3 + k); // salt
-    }
-  }
+/** A raw LUKS volume: the header re-keyed, then a pattern in the first sectors of the payload, encrypted. */
+function normaliseLuksVolume(b: Uint8Array): void {
+  const masterKey = rekeyLuks(b, 0);
+  const payload = new DataView(b.buffer, b.byteOffset).getUint32(104) * 512;
+  const plain = new Uint8Array(8 * 512).map((_, i) => 0xd0 + (i >> 9));
+  if (payload + plain.length <= b.length) b.set(xtsEncrypt(masterKey, plain, 0), payload);
 }

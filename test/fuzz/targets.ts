@@ -21,6 +21,9 @@ import type { QedDriver } from '../../src/formats/qed/qed.js';
 import { convertImages, ConvertError, type ConvertTarget } from '../../src/ops/convert.js';
 import { mapImage } from '../../src/ops/map.js';
 import { qimgCommand } from '../helpers/cli.js';
+import type { CryptoProvider } from '../../src/crypto/provider.js';
+import { nodeCrypto } from '../../src/io/crypto.js';
+import { FUZZ_PASSPHRASE } from './luks-seed.js';
 import { Rng } from './mutate.js';
 import type { SeedFormat } from './seeds.js';
 
@@ -92,8 +95,28 @@ export function memoryHost(files: ReadonlyMap<string, Uint8Array>, opened?: (pat
     resolve: (_imagePath, name) => name,
     identity: async (path) => path,
     codecs: nodeCodecs,
+    crypto: fuzzCrypto,
   };
 }
+
+/**
+ * The most PBKDF2 iterations one derivation may take in fuzzing. The
+ * library's own cap (MAX_PBKDF2_ITERATIONS, about a minute of work) is
+ * checked at parse time and still applies; below it, a mutated count would
+ * make a case run past its time budget, so fuzzing refuses more than this
+ * (about 30 ms) with the same kind of error.
+ */
+export const FUZZ_MAX_PBKDF2_ITERATIONS = 20_000;
+
+const fuzzCrypto: CryptoProvider = {
+  ...nodeCrypto,
+  pbkdf2: (hash, password, salt, iterations, keyLength) => {
+    if (iterations > FUZZ_MAX_PBKDF2_ITERATIONS) {
+      return Promise.reject(new ImageError('unsupported', `PBKDF2 iteration count ${iterations} is larger than the fuzzing limit of ${FUZZ_MAX_PBKDF2_ITERATIONS}`));
+    }
+    return nodeCrypto.pbkdf2(hash, password, salt, iterations, keyLength);
+  },
+};
 
 function filesOf(c: FuzzCase): Map<string, Uint8Array> {
   const m = new Map<string, Uint8Array>(Object.entries(c.sidecars));
@@ -102,7 +125,7 @@ function filesOf(c: FuzzCase): Map<string, Uint8Array> {
 }
 
 async function withImage<T>(c: FuzzCase, opts: { format?: ImageFormat; writable?: boolean; metadataOnly?: boolean }, f: (img: Image) => Promise<T>): Promise<T> {
-  const img = await openImage(c.file, { host: memoryHost(filesOf(c)), format: opts.format, writable: opts.writable, metadataOnly: opts.metadataOnly });
+  const img = await openImage(c.file, { host: memoryHost(filesOf(c)), format: opts.format, writable: opts.writable, metadataOnly: opts.metadataOnly, passphrase: FUZZ_PASSPHRASE });
   try {
     return await f(img);
   } finally {
@@ -224,7 +247,7 @@ export const TARGETS: Record<TargetName, Target> = {
     const host = memoryHost(filesOf(c), (path, s) => {
       if (path === c.file && s.writable) written = s;
     });
-    const img = await openImage(c.file, { host, format: c.format, writable: true });
+    const img = await openImage(c.file, { host, format: c.format, writable: true, passphrase: FUZZ_PASSPHRASE });
     try {
       await writeSome(img, new Rng(c.caseSeed ^ 0x1b873593));
     } finally {

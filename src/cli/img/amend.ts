@@ -11,14 +11,16 @@ import { accumulate } from './create.js';
 
 export const amendHelp = `usage: qimg amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
 
-Change options of an existing image (qcow2: compat, refcount_bits, size, lazy_refcounts, ...).
+Change options of an existing image (qcow2: compat, refcount_bits, size, lazy_refcounts,
+encryption key slots; luks: key slots).
   -o, --options=OPTIONS  the options to change (-o help lists them)
   -f, --format=FMT       image format; probed when absent
   -t CACHE               cache mode (default writeback); unsafe skips the flushes
   -p, --progress         show progress
   -q, --quiet            print nothing on success
-  --force                accepted for qemu compatibility  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
-                         that key-secret options name (the only object type)
+  --force                allow erasing the last key slot (which loses the data)
+  --object OBJDEF       secret,id=ID,data=STRING|file=PATH[,format=raw|base64]: a secret
+                         that key-secret, new-secret and old-secret options name
   --image-opts          the file name is an option string: driver=FMT,file.filename=PATH,...
 `;
 
@@ -68,7 +70,8 @@ export async function cmdAmend(args: string[]): Promise<number> {
   const quiet = options.some((o) => o.key === 'q');
   const meter = new Progress(options.some((o) => o.key === 'p') && !quiet, 1.0);
   // qemu-img's meter is set up from here on: every way out ends its line.
-  const status = await amendWithMeter(meter, format, optText, operands, cacheText, { imageOpts, secrets: objects.secrets });
+  const force = options.some((o) => o.key === 'force');
+  const status = await amendWithMeter(meter, format, optText, operands, cacheText, { imageOpts, secrets: objects.secrets }, force);
   meter.end();
   return status;
 }
@@ -80,6 +83,7 @@ async function amendWithMeter(
   operands: string[],
   cacheText: string,
   access: { imageOpts: boolean; secrets: Record<string, Uint8Array> },
+  force: boolean,
 ): Promise<number> {
   if (format !== undefined && hasHelpOption(optText)) return printHelp(format);
   let started = false;
@@ -93,6 +97,7 @@ async function amendWithMeter(
       amendImageFile(path, optText, {
         ...target,
         cache,
+        force,
         onWarning: (m) => err(m),
         onStart: () => {
           started = true;

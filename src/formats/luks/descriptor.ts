@@ -2,6 +2,8 @@
 import { genericCreateLine } from '../../block/create-options.js';
 import type { FormatDescriptor } from '../../block/format.js';
 import { LUKS_MAGIC } from '../../crypto/luks-header.js';
+import { LUKS_AMEND_HELP } from './amend.js';
+import { amendLuksVolume } from './amend-volume.js';
 import { createLuksVolume } from './create.js';
 import { openLuks } from './luks.js';
 import { LUKS_CREATE_OPTIONS } from './options.js';
@@ -18,4 +20,6 @@ export const luksFormat: FormatDescriptor = {
   createOptions: LUKS_CREATE_OPTIONS,
   createLine: (filename, bag) => genericCreateLine('luks', filename, bag.clone()),
   create: (storage, bag, ctx) => createLuksVolume(storage, bag, ctx),
+  amend: (storage, bag, ctx) => amendLuksVolume(storage, bag, ctx),
+  amendOptions: LUKS_AMEND_HELP,
 };

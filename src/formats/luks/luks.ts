@@ -85,7 +85,8 @@ export async function openLuks(ctx: DriverContext): Promise<FormatDriver> {
   const fileSize = await storage.size();
   if (fileSize < payload) throw new ImageError('invalid', 'LUKS payload is overlapping with the header');
   const size = fileSize - payload - ((fileSize - payload) % LUKS_SECTOR);
-  if (metadataOnly && !ctx.encryptionKey) return new LuksDriver(storage, false, header, payload, size, undefined);
+  // As qemu-img info: a metadata open never unlocks, even given a key.
+  if (metadataOnly) return new LuksDriver(storage, false, header, payload, size, undefined);
   const key = requireEncryptionKey(ctx, 'key-secret');
   const crypto = ctx.crypto ?? portableCrypto;
   const readAt = async (offset: number, length: number): Promise<Uint8Array> => {

@@ -16,6 +16,8 @@ import { FEATURE_NAMES } from './create.js';
 import { checkDowngrade, checkSnapshotsForDowngrade, downgradeQcow2 } from './downgrade.js';
 import { readHeader, serializeHeader, type Qcow2Header } from './header.js';
 import { AmendProgress } from './amend-progress.js';
+import { amendQcow2Keyslots } from './amend-keyslots.js';
+import { readLuksAmendText, type LuksAmendText } from '../luks/amend.js';
 import { buildRefcounts, freeOldRefcounts, type NewRefcounts } from './refcount-order.js';
 
 /** The options qemu lets amend change, in the order of its `-o help`. */
@@ -58,8 +60,8 @@ export interface Qcow2Amendments {
   dataFileRaw?: boolean;
   /** 0 means unchanged, as in qemu. */
   size?: number;
-  /** An encryption option was given (refused). */
-  encryption?: boolean;
+  /** The key-slot options given (`encrypt.` removed), number syntax checked. */
+  encryption?: LuksAmendText;
 }
 
 /**
@@ -79,12 +81,8 @@ export function parseQcow2Amendments(bag: OptionBag): Qcow2Amendments {
   if (bag.has('size')) a.size = bag.size('size', 0);
   if (bag.has('backing_file')) a.backingFile = bag.string('backing_file');
   if (bag.has('backing_fmt')) a.backingFormat = bag.string('backing_fmt');
-  for (const k of ['encrypt.iter-time', 'encrypt.keyslot', 'encrypt.new-secret', 'encrypt.old-secret', 'encrypt.state']) {
-    if (bag.has(k)) {
-      bag.string(k);
-      a.encryption = true;
-    }
-  }
+  const encryption = readLuksAmendText(bag, 'encrypt.');
+  if (encryption) a.encryption = encryption;
   if (bag.has('lazy_refcounts')) a.lazyRefcounts = bag.bool('lazy_refcounts', false);
   if (bag.has('refcount_bits')) a.refcountBits = bag.number('refcount_bits', 16);
   if (bag.has('data_file')) a.dataFile = bag.string('data_file');
@@ -118,7 +116,8 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, ctx: Amen
   }
   const oldVersion = h.version;
   const newVersion = versionOf(a.compat) ?? oldVersion;
-  if (a.encryption) throw unsupported('Changing the encryption keyslots is not supported');
+  if (a.encryption && h.cryptMethod === C.CRYPT_NONE) throw bad("Can't amend encryption options - encryption not present");
+  if (a.encryption && h.cryptMethod !== C.CRYPT_LUKS) throw unsupported('Only LUKS encryption options can be amended');
   const oldBits = 2 ** h.refcountOrder;
   const refcountBits = a.refcountBits ?? (newVersion > oldVersion ? 16 : oldBits);
   if (a.refcountBits !== undefined && (refcountBits > 64 || refcountBits <= 0 || (refcountBits & (refcountBits - 1)) !== 0)) {
@@ -153,7 +152,8 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, ctx: Amen
 
   const upgrading = newVersion > oldVersion;
   const changingWidth = newOrder !== h.refcountOrder;
-  const progress = new AmendProgress(Number(newVersion !== oldVersion) + Number(changingWidth), ctx.onProgress);
+  // The key-slot step counts as one of qemu's steps but reports no progress of its own.
+  const progress = new AmendProgress(Number(newVersion !== oldVersion) + Number(changingWidth) + Number(a.encryption !== undefined), ctx.onProgress);
   const next: Qcow2Header = { ...h, extensions: { ...h.extensions } };
   let onDisk = serializeHeader(h);
   if (upgrading) {
@@ -165,6 +165,7 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, ctx: Amen
     onDisk = await writeHeaderIfChanged(storage, onDisk, next);
     up(2, 2);
   }
+  if (a.encryption) await amendQcow2Keyslots(storage, next, a.encryption, ctx);
   let oldRefcounts: NewRefcounts['old'] | undefined;
   if (changingWidth) {
     const built = await buildRefcounts(storage, next, newOrder, progress.step('refcount-width'));

@@ -36,15 +36,15 @@ export interface Qcow2Encryption {
 
 /**
  * Read what an encrypted image's header says about its encryption and,
- * where the open needs guest data (or the caller gave a key anyway, as
- * qemu then checks it), unlock the cipher with the layer's key.
+ * where the open needs guest data, unlock the cipher with the layer's key.
  */
 export async function openEncryption(storage: Storage, header: Qcow2Header, ctx: DriverContext): Promise<Qcow2Encryption> {
   if (header.cryptMethod === C.CRYPT_NONE) return { ivFromGuest: false };
   const ivFromGuest = header.cryptMethod === C.CRYPT_AES;
   const needsData = ctx.writable || !ctx.metadataOnly;
   // As qemu: an open for data without the key stops here, before the LUKS header is read.
-  const key = needsData || ctx.encryptionKey ? requireEncryptionKey(ctx, 'encrypt.key-secret') : undefined;
+  // qemu-img info opens for metadata only and never unlocks, even given a key (a wrong one included).
+  const key = needsData ? requireEncryptionKey(ctx, 'encrypt.key-secret') : undefined;
   let luks: { header: LuksHeader; offset: number; length: number } | undefined;
   if (header.cryptMethod === C.CRYPT_LUKS) {
     const ext = header.extensions.cryptoHeader;
