@@ -10,7 +10,7 @@ import type { AmendContext } from '../../block/format.js';
 import type { OptionBag } from '../../block/options.js';
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
-import { checkQcow2 } from './check.js';
+import { repairDirty } from './check.js';
 import * as C from './constants.js';
 import { FEATURE_NAMES } from './create.js';
 import { checkDowngrade, checkSnapshotsForDowngrade, downgradeQcow2 } from './downgrade.js';
@@ -108,10 +108,7 @@ export async function amendQcow2(storage: Storage, a: Qcow2Amendments, ctx: Amen
   ctx.onStart?.();
   let h = await readHeader(storage, { writable: true });
   if (h.incompatibleFeatures & BigInt(C.INCOMPAT_DIRTY)) {
-    // A writable open of a dirty image repairs its refcounts first, as qemu's does, printing each repair.
-    const r = await checkQcow2(storage, { fix: 'all' });
-    if (r.failed !== undefined || r.checkErrors > 0) throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
-    if (r.messages.length > 0) ctx.onWarning?.(r.messages.map((m) => `${m}\n`).join(''));
+    await repairDirty(storage, ctx.onWarning);
     h = await readHeader(storage, { writable: true });
   }
   const oldVersion = h.version;

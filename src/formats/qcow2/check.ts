@@ -386,3 +386,15 @@ export async function checkQcow2File(storage: Storage, fix: FixMode = 'none'): P
   if (repaired) out.repaired = repaired;
   return out;
 }
+
+/**
+ * What a writable open of an image left dirty (lazy refcounts) does first,
+ * as qemu's does: check -r all, which also clears the dirty bit. qemu prints
+ * each repair as it makes it; those lines go to `onWarning`, each ending in
+ * a newline.
+ */
+export async function repairDirty(storage: Storage, onWarning?: (message: string) => void): Promise<void> {
+  const r = await checkQcow2(storage, { fix: 'all' });
+  if (r.failed !== undefined || r.checkErrors > 0) throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
+  if (r.messages.length > 0) onWarning?.(r.messages.map((m) => `${m}\n`).join(''));
+}

@@ -10,7 +10,7 @@ import { ImageError, isImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
 import { bitmapInfo, readBitmapDirectory } from './bitmap.js';
 import * as C from './constants.js';
-import { checkQcow2 } from './check.js';
+import { repairDirty } from './check.js';
 import { Decompressor } from './compress.js';
 import { readHeader, serializeHeader, sizeToL1, type Qcow2Header } from './header.js';
 import { Sub } from './l2.js';
@@ -594,13 +594,7 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
   // Before anything is repaired or written: an encrypted image opens for data only with its key.
   const encryption = await openEncryption(storage, header, ctx);
   if (ctx.writable && Number(header.incompatibleFeatures) & C.INCOMPAT_DIRTY) {
-    // Lazy refcounts left dirty: QEMU repairs on a writable open (check -r all), which also clears the bit.
-    const r = await checkQcow2(storage, { fix: 'all' });
-    if (r.failed !== undefined || r.checkErrors > 0) {
-      throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
-    }
-    // qemu's check prints each repair as it makes it.
-    if (r.messages.length > 0) ctx.onWarning?.(r.messages.map((m) => `${m}\n`).join(''));
+    await repairDirty(storage, ctx.onWarning);
     header = await readHeader(storage, { writable: true });
   }
   const fileSize = await storage.size();

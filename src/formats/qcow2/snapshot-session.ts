@@ -6,7 +6,7 @@
  */
 import { ImageError } from '../../errors.js';
 import type { Storage } from '../../io/storage.js';
-import { checkQcow2 } from './check.js';
+import { repairDirty } from './check.js';
 import * as C from './constants.js';
 import { readHeader, type Qcow2Header } from './header.js';
 import { loadRefcountStore } from './refcount-open.js';
@@ -45,8 +45,7 @@ export class SnapshotSession {
     let header = await readHeader(storage, { writable: true });
     if (Number(header.incompatibleFeatures) & C.INCOMPAT_DIRTY) {
       // Lazy refcounts left dirty: repaired first, as any writable open does.
-      const r = await checkQcow2(storage, { fix: 'all' });
-      if (r.failed !== undefined || r.checkErrors > 0) throw new ImageError('corrupt', `Could not repair dirty image: ${r.failed ?? 'Input/output error'}`);
+      await repairDirty(storage);
       header = await readHeader(storage, { writable: true });
     }
     const virtualSize = header.size - (header.size % C.SECTOR_SIZE);
