@@ -186,3 +186,6 @@ export { parseOpenTarget, openTargetFromOptions, type OpenTarget, type LockingMo
 export { lookupSecret, requireEncryptionKey, secretBytes, type SecretMap } from './block/secrets.js';
 // amend LUKS key slots: a passphrase or how to get it, for amendLuksSlots
 export type { LuksSecretSource } from './crypto/luks-amend.js';
+// compression levels (a qimg extension) and zstd frame boundaries
+export { checkCompressionLevel, parseCompressionLevel, splitCompressionLevel, withCompressionLevel, type CompressionType } from './block/compression-level.js';
+export { zstdFrameAt, type ZstdFrame } from './block/zstd-frames.js';

@@ -19,8 +19,8 @@ export interface Codecs {
    * full; bytes after that are ignored). Returns false on any error.
    */
   zstdDecompress(src: Uint8Array, out: Uint8Array): Promise<boolean>;
-  /** Raw DEFLATE as qemu writes it (level 6, window 12); null if it does not fit in `limit` bytes. */
-  deflateRaw?(src: Uint8Array, limit: number): Promise<Uint8Array | null>;
-  /** One zstd frame (level 3); null if it does not fit in `limit` bytes. */
-  zstdCompress?(src: Uint8Array, limit: number): Promise<Uint8Array | null>;
+  /** Raw DEFLATE as qemu writes it (window 12; level 6 unless given); null if it does not fit in `limit` bytes. */
+  deflateRaw?(src: Uint8Array, limit: number, level?: number): Promise<Uint8Array | null>;
+  /** One zstd frame (level 3 unless given); null if it does not fit in `limit` bytes. */
+  zstdCompress?(src: Uint8Array, limit: number, level?: number): Promise<Uint8Array | null>;
 }

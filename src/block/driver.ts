@@ -155,6 +155,8 @@ export interface DriverContext {
   encryptionKey?: Uint8Array;
   /** The secret id this layer's key-secret option names (set even when no such secret exists). */
   encryptionKeySecret?: string;
+  /** The level compressed writes use (a qimg extension; the format's default when absent). */
+  compressionLevel?: number;
 }
 
 export type DriverOpener = (ctx: DriverContext) => Promise<FormatDriver>;

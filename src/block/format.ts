@@ -77,6 +77,8 @@ export interface FormatDescriptor {
    * noise), so convert writes the source's zeros into it.
    */
   readonly notZeroInitialized?: boolean;
+  /** Writes compressed clusters, so an open may set their compression level (OpenOptions.compressionLevel). */
+  readonly compresses?: boolean;
   /** Whether the first bytes of a file (up to PROBE_BYTES) are this format's magic. Absent: never probed (raw). */
   probe?(head: Uint8Array): boolean;
   readonly open: DriverOpener;

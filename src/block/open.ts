@@ -126,6 +126,12 @@ export interface OpenOptions {
   passphrase?: string | Uint8Array;
   /** qemu's file.locking: 'off' takes no locks on the top image file. */
   locking?: LockingMode;
+  /**
+   * The level compressed writes to the top image use (a qimg extension:
+   * zlib 1..9, zstd 1..22 or negative fast levels; default: qemu's, zlib 6
+   * and zstd 3). Refused for formats without compressed clusters.
+   */
+  compressionLevel?: number;
 }
 
 /** Writes a new empty overlay image over a backing file into `storage` (snapshot mode). */
@@ -172,7 +178,7 @@ function splitLayerOptions(all: Readonly<Record<string, string>> | undefined, fm
 async function openUnderOverlay(path: string, opts: OpenOptions): Promise<Image> {
   const { host } = opts;
   if (!overlay || !host.temporaryStorage) throw new ImageError('unsupported', 'Snapshot mode needs temporary files, which this host does not provide');
-  const base = await openLayer(path, opts.format, { ...opts, writable: false }, [], 0);
+  const base = await openLayer(path, opts.format, { ...opts, writable: false, compressionLevel: undefined }, [], 0);
   try {
     const tmp = await host.temporaryStorage();
     try {
@@ -225,7 +231,7 @@ async function openLayer(
         if (driver.backing.format !== undefined && bfmt === undefined) {
           throw new ImageError('unsupported', `Unknown driver '${driver.backing.format}'`);
         }
-        const layer = { ...opts, writable: false, internalSnapshot: undefined, passphrase: undefined, locking: undefined, blockOptions: backingOptions };
+        const layer = { ...opts, writable: false, internalSnapshot: undefined, passphrase: undefined, locking: undefined, compressionLevel: undefined, blockOptions: backingOptions };
         backing = await openLayer(backingPath, bfmt, layer, [...seen, id], depth + 1);
       } catch (e) {
         await driver.close().catch(() => {});
@@ -252,6 +258,9 @@ async function openDriver(
   const descriptor = formatDescriptor(fmt);
   if (opts.internalSnapshot !== undefined && !descriptor.snapshots) throw noTemporarySnapshots(fmt);
   const opener = descriptor.open;
+  if (opts.compressionLevel !== undefined && !descriptor.compresses) {
+    throw new ImageError('bad-argument', `Format '${fmt}' has no compressed clusters: 'compression_level' does not apply`);
+  }
   // Locked once the format is known (it decides the permissions), before the header is trusted.
   const req = { writable, metadataOnly: opts.metadataOnly, forceShare: opts.forceShare };
   if (opts.locking !== 'off') await storage.setPermissions?.(imagePermissions(fmt, req));
@@ -270,6 +279,7 @@ async function openDriver(
     onWarning: opts.onWarning,
     encryptionKey: secret === undefined ? undefined : secretBytes(secret),
     encryptionKeySecret: secretId,
+    compressionLevel: opts.compressionLevel,
     openDataFile: async (name: string) => {
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
       // qemu names the data file's node by the name the image records (it

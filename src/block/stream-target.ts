@@ -31,6 +31,8 @@ export interface StreamTargetOptions {
   compress?: boolean;
   /** qcow2: default zlib. */
   compressionType?: 'zlib' | 'zstd';
+  /** qcow2 with compress: the level (a qimg extension; see OpenOptions.compressionLevel). */
+  compressionLevel?: number;
   /** qcow2: 3 (compat 1.1, default) or 2 (compat 0.10). */
   version?: 2 | 3;
   /** qcow2: refcount width, a power of two up to 64 (16 with version 2). Default 16. */

@@ -11,6 +11,7 @@ import type { ImageFormat } from '../block/driver.js';
 import { findFormat } from '../block/format.js';
 import type { Image } from '../block/image.js';
 import type { OptionBag } from '../block/options.js';
+import { checkCompressionLevel, splitCompressionLevel } from '../block/compression-level.js';
 import { imagePermissions } from '../block/perms.js';
 import { parseFormatName } from '../block/probe.js';
 import { ImageError, isImageError } from '../errors.js';
@@ -52,6 +53,11 @@ export interface ConvertFileOptions extends OperationOptions {
   backingFormat?: string;
   /** Compress every data cluster (-c; qcow2 outputs). */
   compress?: boolean;
+  /**
+   * With compress: the level (a qimg extension, also `-o compression_level=N`):
+   * zlib 1..9, zstd 1..22 or negative fast levels. Default: qemu's (6, 3).
+   */
+  compressionLevel?: number;
   /** Write into an existing output, which must be large enough (-n). */
   noCreate?: boolean;
   /** With noCreate: the output reads as zeros already (--target-is-zero). */
@@ -99,7 +105,10 @@ export async function convertImageFile(sources: string | readonly string[], outp
   const noCreate = opts.noCreate ?? false;
   const bad = (msg: string) => new ImageError('bad-argument', msg);
   if (opts.targetIsZero && !noCreate) throw bad('--target-is-zero requires use of -n flag');
-  if (noCreate && opts.options !== undefined) throw bad('-o has no effect when skipping image creation');
+  const split = typeof opts.options === 'string' ? splitCompressionLevel(opts.options) : undefined;
+  const options = split ? split.options : opts.options;
+  const level = split?.level ?? opts.compressionLevel;
+  if (noCreate && options !== undefined) throw bad('-o has no effect when skipping image creation');
   if (opts.skipBrokenBitmaps && !opts.bitmaps) throw bad('Use of --skip-broken-bitmaps requires --bitmaps');
   if (srcPaths.length === 0) throw bad('Must specify image file name');
   throwIfAborted(opts.signal);
@@ -116,7 +125,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
     const descriptor = findFormat(outFmt);
     if (!noCreate && !descriptor) throw bad(`Unknown file format '${outFmt}'`);
     const fmt = (descriptor?.name ?? 'raw') as ImageFormat;
-    const bag = createBag(parseFormatName(outFmt) ?? 'raw', opts.options);
+    const bag = createBag(parseFormatName(outFmt) ?? 'raw', options);
     const isImageFmt = fmt !== 'raw';
     if (opts.backingFile !== undefined) {
       if (!descriptor?.supportsBacking) throw bad(`Backing file not supported for file format '${outFmt}'`);
@@ -138,6 +147,9 @@ export async function convertImageFile(sources: string | readonly string[], outp
       if (bag.peek('encryption') === 'on' || bag.has('encrypt.format')) throw bad('Compression and encryption not supported at the same time');
       const pre = bag.peek('preallocation');
       if (pre !== undefined && pre !== 'off') throw bad('Compression and preallocation not supported at the same time');
+      if (level !== undefined && !noCreate) checkCompressionLevel(bag.peek('compression_type') === 'zstd' ? 'zstd' : 'zlib', level);
+    } else if (level !== undefined) {
+      throw bad("'compression_level' applies to compressed output only (-c)");
     }
     const cacheMode = parseCacheMode(opts.cache ?? 'unsafe');
     if (cacheMode === undefined) throw bad(`Invalid cache option: ${opts.cache}`);
@@ -159,7 +171,14 @@ export async function convertImageFile(sources: string | readonly string[], outp
     let clusterSize: number | undefined;
     if (isImageFmt) {
       try {
-        image = await openImageFile(output, { format: fmt, writable: true, unsafe: targetUnsafe, secrets: opts.secrets, blockOptions: { ...createdKey, ...opts.targetBlockOptions } });
+        image = await openImageFile(output, {
+          format: fmt,
+          writable: true,
+          unsafe: targetUnsafe,
+          secrets: opts.secrets,
+          blockOptions: { ...createdKey, ...opts.targetBlockOptions },
+          compressionLevel: level,
+        });
       } catch (e) {
         throw couldNotOpen(output, e);
       }

@@ -9,6 +9,7 @@ import {
   nodeCodecs,
   parseCreateOptions,
   parseFormatName,
+  splitCompressionLevel,
   strerror,
   type Image,
   type OptionBag,
@@ -70,7 +71,8 @@ export async function convertToStdout(a: StreamConvertArgs): Promise<number> {
   if (process.stdout.isTTY) throw new CliError('Refusing to write an image to a terminal');
   let target: StreamConvertOptions;
   try {
-    target = targetOptions(fmt, parseCreateOptions(fmt, a.optText));
+    const split = a.optText === undefined ? undefined : splitCompressionLevel(a.optText);
+    target = { ...targetOptions(fmt, parseCreateOptions(fmt, split?.options)), compressionLevel: split?.level };
   } catch (e) {
     throw e instanceof CliError ? e : new CliError(messageOf(e), 1, { cause: e });
   }

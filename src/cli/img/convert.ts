@@ -3,7 +3,7 @@ import { convertImageFile, isImageError, parseCacheMode, type InternalSnapshotRe
 import { checkImageOptsFormat, CliError, cvtnum, err, imageOperand, messageOf, namedAsGiven, openCli, out, PROG, Progress } from '../common.js';
 import { ObjectStore } from '../objects.js';
 import { getopt, parseSize } from '../options.js';
-import { hasHelpOption, parseOptions } from '../../node.js';
+import { hasHelpOption, parseOptions, splitCompressionLevel } from '../../node.js';
 import { convertToStdout } from './convert-stream.js';
 import { accumulate, optionHelp } from './create.js';
 
@@ -12,7 +12,9 @@ export const convertHelp = `usage: qimg convert [--object objectdef] [--image-op
 Copy one or more images (concatenated) into a new image.
   -f, --source-format=FMT  format of the source images; probed when absent
   -O, --target-format=FMT  output format: raw (default), qcow2 or qed
-  -o, --target-format-options=OPTIONS  creation options of the output (-o help lists them)
+  -o, --target-format-options=OPTIONS  creation options of the output (-o help lists them);
+                           with -c also compression_level=N (zlib 1-9, zstd 1-22 or negative;
+                           default 6 and 3 as qemu), which qemu-img does not have
   -c, --compress           compress every data cluster (qcow2), on all cores
   -l, --snapshot=SNAPSHOT  read the (first) source as of an internal snapshot: an id or
                            name, or snapshot.id=ID[,snapshot.name=NAME]
@@ -201,7 +203,8 @@ export async function cmdConvert(args: string[]): Promise<number> {
   if (compress && copyRange) throw new CliError('Cannot enable copy offloading when -c is used');
   if (explicitSparse && copyRange) throw new CliError('Cannot enable copy offloading when -S is used');
   if (copyRange && salvage) throw new CliError('Cannot use copy offloading in salvaging mode');
-  if (noCreate && optText !== undefined) throw new CliError('-o has no effect when skipping image creation');
+  // compression_level (a qimg extension) is not a creation option, so -n may take it.
+  if (noCreate && optText !== undefined && splitCompressionLevel(optText).options !== undefined) throw new CliError('-o has no effect when skipping image creation');
   if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
   if (skipBrokenBitmaps && !bitmaps) throw new CliError('Use of --skip-broken-bitmaps requires --bitmaps');
   if (targetImageOpts && !noCreate) throw new CliError('--target-image-opts requires use of -n flag');

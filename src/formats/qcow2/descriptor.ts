@@ -61,6 +61,7 @@ export const qcow2Format: FormatDescriptor = {
   openOptions: ['encrypt.key-secret'],
   hasMetadata: true,
   supportsBacking: true,
+  compresses: true,
   // qemu's qcow2_probe: the magic, and a version qemu can read.
   probe: (head) => head.length >= 8 && view(head).getUint32(0) === 0x514649fb && view(head).getUint32(4) >= 2,
   open: openQcow2,

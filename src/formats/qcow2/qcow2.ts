@@ -12,6 +12,8 @@ import { bitmapInfo, readBitmapDirectory } from './bitmap.js';
 import * as C from './constants.js';
 import { repairDirty } from './check.js';
 import { Decompressor } from './compress.js';
+import type { Codecs } from '../../block/codecs.js';
+import { checkCompressionLevel, withCompressionLevel } from '../../block/compression-level.js';
 import { readHeader, serializeHeader, sizeToL1, type Qcow2Header } from './header.js';
 import { Sub } from './l2.js';
 import type { LuksInfo } from '../../crypto/luks-info.js';
@@ -111,6 +113,7 @@ export class Qcow2Driver implements FormatDriver {
       tableOffset: h.refcountTableOffset,
       tableClusters: h.refcountTableClusters,
     });
+    const writeCodecsAtLevel = writeCodecs(parts.ctx, h.compressionType);
     this.decompressor = new Decompressor(parts.storage, h.clusterBits, h.compressionType, parts.ctx.codecs);
     this.writable = parts.refcountStore !== undefined;
     this.bitmaps = parts.bitmaps;
@@ -136,7 +139,7 @@ export class Qcow2Driver implements FormatDriver {
         mapper: this.mapper,
         refcounts: parts.refcountStore,
         decompressor: this.decompressor,
-        codecs: parts.ctx.codecs,
+        codecs: writeCodecsAtLevel,
         readGuest: (offset, into) => this.readGuest(offset, into),
         setIncompatible: (bits, on) => this.setIncompatible(bits, on),
         overlap: (start, end) => overlappingMetadata(this.overlapSources(parts.refcountStore!), start, end),
@@ -644,4 +647,11 @@ export async function openQcow2(ctx: DriverContext): Promise<FormatDriver> {
     if (ownsDataStorage) await dataStorage?.close().catch(() => {});
     throw e;
   }
+}
+
+/** The codecs compressed writes use: at the level the open asked for, checked against the image's compression type. */
+function writeCodecs(ctx: DriverContext, compressionType: number): Codecs {
+  if (ctx.compressionLevel === undefined) return ctx.codecs;
+  checkCompressionLevel(compressionType === C.COMPRESSION_ZSTD ? 'zstd' : 'zlib', ctx.compressionLevel);
+  return withCompressionLevel(ctx.codecs, ctx.compressionLevel);
 }

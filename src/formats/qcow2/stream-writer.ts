@@ -6,6 +6,7 @@
  * are emitted by walking the same deterministic placement again, so memory
  * is a few bytes per allocated cluster plus the compressed-payload budget.
  */
+import { checkCompressionLevel } from '../../block/compression-level.js';
 import type { Codecs } from '../../block/codecs.js';
 import { limitConcurrency, orderedMap } from '../../block/ordered.js';
 import type { StreamInput, StreamTargetOptions } from '../../block/stream-target.js';
@@ -48,6 +49,7 @@ export function qcow2StreamConfig(o: StreamTargetOptions): Qcow2StreamConfig {
   if (refcountBits > 64 || !isPowerOfTwo(refcountBits)) throw bad('Refcount width must be a power of two and may not exceed 64 bits');
   if (version < 3 && refcountBits !== 16) throw bad('Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)');
   if (compressionType !== 'zlib' && compressionType !== 'zstd') throw bad(`Parameter 'compression-type' does not accept value '${String(compressionType)}'`);
+  if (o.compressionLevel !== undefined && !o.compress) throw bad("'compression_level' applies to compressed output only (-c)");
   if (version < 3 && compressionType !== 'zlib') throw bad('Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)');
   if (version < 3 && o.lazyRefcounts) throw bad('Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)');
   const sparseSize = o.sparseSize ?? 4096;
@@ -59,19 +61,20 @@ export function qcow2StreamConfig(o: StreamTargetOptions): Qcow2StreamConfig {
     refcountBits,
     lazyRefcounts: o.lazyRefcounts ?? false,
     compressionType,
-    compress: o.compress ? compressorOf(o.codecs, compressionType, clusterSize, Math.max(4, parallel)) : undefined,
+    compress: o.compress ? compressorOf(o.codecs, compressionType, clusterSize, Math.max(4, parallel), o.compressionLevel) : undefined,
     sparseSize,
     parallel,
     memoryBudget: Math.max(0, o.memoryBudget ?? 64 * MiB),
   };
 }
 
-function compressorOf(codecs: Codecs | undefined, type: 'zlib' | 'zstd', cs: number, inFlight: number): Compress {
+function compressorOf(codecs: Codecs | undefined, type: 'zlib' | 'zstd', cs: number, inFlight: number, level: number | undefined): Compress {
+  if (level !== undefined) checkCompressionLevel(type, level);
   const f = type === 'zstd' ? codecs?.zstdCompress : codecs?.deflateRaw;
   if (!f) throw new ImageError('unsupported', `No ${type} compressor is available`);
   // A payload must be smaller than a cluster, or the cluster is stored plain (as qemu does).
   // Bounded: each compression in flight holds its codec state (a few hundred KiB for zlib).
-  return limitConcurrency((cluster: Uint8Array) => f(cluster, cs - 1), inFlight);
+  return limitConcurrency((cluster: Uint8Array) => f(cluster, cs - 1, level), inFlight);
 }
 
 /** The qcow2 file for `input`, as consecutive chunks. */
