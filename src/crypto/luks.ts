@@ -118,6 +118,7 @@ function copyPadded(b: Uint8Array): Uint8Array {
 export async function unlockLuks(h: LuksHeader, passphrase: Uint8Array, readAt: ReadAt, p: CryptoProvider): Promise<UnlockedLuks> {
   const alg = luksAlgorithms(h);
   checkKeyFits(alg.spec, h.keyBytes);
+  checkCipherAvailable(p, alg.spec);
   for (let i = 0; i < LUKS_SLOTS; i++) {
     const slot = h.slots[i]!;
     if (!slot.active) continue;
@@ -144,6 +145,15 @@ export interface LuksCreateOptions {
   iterations?: { slot: number; masterKey: number };
   /** The volume UUID; default a random version-4 UUID. */
   uuid?: string;
+}
+
+/**
+ * Build the provider's cipher for `spec` with a dummy key, so that a cipher
+ * the provider cannot run (CAST5 on Node without OpenSSL's legacy provider)
+ * fails before a key is derived or a file is created or written.
+ */
+export function checkCipherAvailable(p: CryptoProvider, spec: CipherSpec): void {
+  p.sectorCipher(spec, new Uint8Array(cipherKeyLength(spec)));
 }
 
 export function luksCreateSpec(opts: LuksCreateOptions): CipherSpec {
