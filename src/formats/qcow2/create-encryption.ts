@@ -69,6 +69,8 @@ export function luksCreateOptions(extra: Readonly<Record<string, string>>, prefi
   const it = extra['iter-time'];
   if (it !== undefined) {
     if (!/^\d+$/.test(it)) throw bad(`Parameter '${prefix}iter-time' expects a number`);
+    // The typed option is a signed 64-bit integer.
+    if (BigInt(it) >= 2n ** 63n) throw bad(`Parameter '${prefix}iter-time' expects integer`);
     o.iterTime = Number(it);
   }
   return o;
