@@ -18,12 +18,18 @@ const FORWARDED: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 let printed = false;
 
+/**
+ * A progress meter's redraw ("    (0.00/100%)\r"): the next redraw
+ * overwrites it, so the rerun printing it again changes nothing on screen.
+ */
+const isRedraw = (chunk: unknown): boolean => typeof chunk === 'string' && chunk.endsWith('\r') && !chunk.includes('\n');
+
 /** Note every write to stdout and stderr, so a run that printed is never repeated. */
 export function watchOutput(): void {
   for (const stream of [process.stdout, process.stderr]) {
     const write = stream.write.bind(stream) as (...args: unknown[]) => boolean;
     stream.write = ((...args: unknown[]) => {
-      printed = true;
+      if (!isRedraw(args[0])) printed = true;
       return write(...args);
     }) as typeof stream.write;
   }
