@@ -186,3 +186,6 @@ export { parseOpenTarget, openTargetFromOptions, type OpenTarget, type LockingMo
 export { lookupSecret, requireEncryptionKey, secretBytes, type SecretMap } from './block/secrets.js';
 // amend LUKS key slots: a passphrase or how to get it, for amendLuksSlots
 export type { LuksSecretSource } from './crypto/luks-amend.js';
+// CAST5: a provider's cipher checked before anything is derived or written; erase passes of a key slot
+export { checkCipherAvailable } from './crypto/luks.js';
+export { LUKS_ERASE_PASSES } from './crypto/luks-amend.js';
