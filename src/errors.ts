@@ -15,6 +15,7 @@ export type ImageErrorCode =
   | 'not-permitted' // refused for safety (a write that would change a probed raw image's format)
   | 'needs-secret' // encrypted image, no key given
   | 'bad-secret' // encrypted image, the key given unlocks no key slot
+  | 'cipher-unavailable' // the crypto provider has the image's cipher but not enabled here (Node: CAST5 needs --openssl-legacy-provider)
   | 'policy' // the open policy refused an implicit file (backing, data file)
   | 'locked' // another process holds the image with permissions that conflict (QEMU's image locks)
   | 'aborted'; // the caller cancelled the operation through its AbortSignal

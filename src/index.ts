@@ -189,3 +189,6 @@ export type { LuksSecretSource } from './crypto/luks-amend.js';
 // compression levels (a qimg extension) and zstd frame boundaries
 export { checkCompressionLevel, parseCompressionLevel, splitCompressionLevel, withCompressionLevel, type CompressionType } from './block/compression-level.js';
 export { zstdFrameAt, type ZstdFrame } from './block/zstd-frames.js';
+// CAST5: a provider's cipher checked before anything is derived or written; erase passes of a key slot
+export { checkCipherAvailable } from './crypto/luks.js';
+export { LUKS_ERASE_PASSES } from './crypto/luks-amend.js';

@@ -33,3 +33,5 @@ export { nodeCrypto } from './io/crypto.js';
 export { imageAccess, type ImageAccessOptions } from './node/open.js';
 // amend LUKS key slots: typed key-slot options for amendImageFile
 export type { KeyslotAmendment } from './node/amend.js';
+// CAST5: whether OpenSSL's legacy provider (node --openssl-legacy-provider) gives this process CAST5
+export { cast5Available, legacyProviderRequested, LEGACY_PROVIDER_FLAG } from './io/cast5.js';

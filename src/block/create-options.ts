@@ -121,7 +121,8 @@ function typedValue(spec: OptionSpec, key: string, value: unknown): string {
 /** A value as qemu_opts_print shows it: sizes and numbers normalised, commas doubled. */
 function printValue(o: OptionSpec, v: string): string {
   if (o.type === 'size') return String(parseSize(v) ?? v);
-  if (o.type === 'num') return String(Number(v));
+  // qemu prints its unsigned numbers as signed 64-bit ones (2^64 - 1 shows as -1).
+  if (o.type === 'num') return /^\d+$/.test(v) ? String(BigInt.asIntN(64, BigInt(v))) : String(Number(v));
   return v.replaceAll(',', ',,');
 }
 

@@ -5,6 +5,8 @@
  * format, qemu's Formatting line, the target created, then the format's
  * create). Options come typed, or as qemu-img's -o list in an OptionBag.
  */
+import { checkCipherAvailable } from '../crypto/luks.js';
+import { portableCrypto } from '../crypto/portable.js';
 import { ImageError, isImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import { NO_CODECS } from './codecs.js';
@@ -100,6 +102,10 @@ export async function createFormattedOn(host: Host, filename: string, req: Creat
   if (!host.createStorage) throw new ImageError('unsupported', 'This host cannot create files');
   const bag = req.options;
   bag.set('size', String(req.size));
+  // Before the Formatting line and the file: a cipher this host cannot run
+  // leaves nothing behind (and nothing printed, so the command may be rerun).
+  const spec = d.createCipher?.(bag);
+  if (spec) checkCipherAvailable(host.crypto ?? portableCrypto, spec);
   req.onFormatting?.(d.createLine(filename, bag));
   const storage = await host.createStorage(filename);
   try {

@@ -6,7 +6,7 @@
  * internals, so a new format is one folder and one registration.
  */
 import type { SecretMap } from './secrets.js';
-import type { CryptoProvider } from '../crypto/provider.js';
+import type { CipherSpec, CryptoProvider } from '../crypto/provider.js';
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import type { Codecs } from './codecs.js';
@@ -97,6 +97,13 @@ export interface FormatDescriptor {
    * `bag` holds size (and backing_file, backing_fmt) by now.
    */
   createLine(filename: string, bag: OptionBag): string;
+  /**
+   * The cipher a new image with these options would encrypt with, when the
+   * options name a valid one (otherwise undefined: their errors come from
+   * `create`, in qemu's place). Lets a host check that its crypto provider
+   * can run the cipher before anything is printed or created.
+   */
+  createCipher?(bag: OptionBag): CipherSpec | undefined;
   /** Write a new, empty image into `storage` (bdrv_create): the format's checks, then the bytes. */
   create(storage: Storage, bag: OptionBag, ctx: CreateContext): Promise<void>;
   /** One check of an image file, with qemu-img check's repair semantics. Absent: "does not support checks". */

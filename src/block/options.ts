@@ -17,6 +17,9 @@ import { parseSize } from '../units.js';
  * Everywhere a doubled comma is a literal one and a lone trailing comma ends
  * the list.
  */
+/** qemu's numeric options are unsigned 64-bit. */
+const UINT64_MAX = 2n ** 64n - 1n;
+
 export interface OptionSyntax {
   dialect?: 'opts' | 'keyval';
   impliedKey?: string;
@@ -169,6 +172,7 @@ export class OptionBag {
     const v = this.string(key);
     if (v === undefined) return dflt;
     if (!/^\d+$/.test(v)) throw new ImageError('bad-argument', `Parameter '${key}' expects a number`);
+    if (BigInt(v) > UINT64_MAX) throw new ImageError('bad-argument', `Value '${v}' is too large for parameter '${key}'`);
     return Number(v);
   }
 

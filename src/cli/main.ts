@@ -22,6 +22,7 @@ import { cmdResize } from './img/resize.js';
 import { cmdSnapshot } from './img/snapshot.js';
 import { cmdRebase } from './img/rebase.js';
 import { cmdIo } from './io/io.js';
+import { rerunWithLegacyProvider, shouldRerun, watchOutput } from './legacy-provider.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
 
@@ -133,6 +134,8 @@ export async function main(argv: string[]): Promise<number> {
     if (!cmd) throw new UsageError(`Command not found: ${name}`);
     return await cmd.run(operands.slice(1));
   } catch (e) {
+    // CAST5 needs OpenSSL's legacy provider: run again with it, as if it had always been on.
+    if (shouldRerun(e)) return await rerunWithLegacyProvider();
     if (process.env.QIMG_DEBUG === '1' && e instanceof Error) err(`${e.stack}\n`);
     if (e instanceof UsageError) {
       err(`${PROG}: ${e.message}\n`);
@@ -153,6 +156,7 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
 });
 
+watchOutput();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

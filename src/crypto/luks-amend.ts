@@ -40,9 +40,21 @@ export interface LuksAmendOptions {
 
 export interface LuksAmendResult {
   header: LuksHeader;
-  /** Byte ranges relative to the LUKS header start, to write in this order. */
-  writes: { offset: number; data: Uint8Array }[];
+  /**
+   * Byte ranges relative to the LUKS header start, to write (and flush) in
+   * this order; a function gives its bytes when the write is due (the erase
+   * passes: fresh noise each, made one at a time).
+   */
+  writes: { offset: number; data: Uint8Array | (() => Uint8Array) }[];
 }
+
+/**
+ * Times an erased slot's key material is overwritten with fresh random
+ * bytes, each pass written out before the next, as qemu 7.2 does
+ * (QCRYPTO_BLOCK_LUKS_ERASE_ITERATIONS): one pass may stay in a cache or
+ * a remapped block, many make recovery of the old material unlikely.
+ */
+export const LUKS_ERASE_PASSES = 40;
 
 const bad = (msg: string): ImageError => new ImageError('bad-argument', msg);
 
@@ -147,9 +159,11 @@ export async function amendLuksSlots(
     header = withSlot(header, i, erasedSlot(s));
   }
   // Header first, so the slot is gone before its material is overwritten with noise.
-  const writes = [{ offset: 0, data: encodeLuksHeader(header) }];
+  const writes: LuksAmendResult['writes'] = [{ offset: 0, data: encodeLuksHeader(header) }];
   for (const i of erase) {
-    writes.push({ offset: h.slots[i]!.keyMaterialOffsetSectors * LUKS_SECTOR, data: p.randomBytes(h.keyBytes * h.slots[i]!.stripes) });
+    const slot = h.slots[i]!;
+    const noise = (): Uint8Array => p.randomBytes(h.keyBytes * slot.stripes);
+    for (let pass = 0; pass < LUKS_ERASE_PASSES; pass++) writes.push({ offset: slot.keyMaterialOffsetSectors * LUKS_SECTOR, data: noise });
   }
   return { header, writes };
 }

@@ -118,6 +118,7 @@ function copyPadded(b: Uint8Array): Uint8Array {
 export async function unlockLuks(h: LuksHeader, passphrase: Uint8Array, readAt: ReadAt, p: CryptoProvider): Promise<UnlockedLuks> {
   const alg = luksAlgorithms(h);
   checkKeyFits(alg.spec, h.keyBytes);
+  checkCipherAvailable(p, alg.spec);
   for (let i = 0; i < LUKS_SLOTS; i++) {
     const slot = h.slots[i]!;
     if (!slot.active) continue;
@@ -146,6 +147,15 @@ export interface LuksCreateOptions {
   uuid?: string;
 }
 
+/**
+ * Build the provider's cipher for `spec` with a dummy key, so that a cipher
+ * the provider cannot run (CAST5 on Node without OpenSSL's legacy provider)
+ * fails before a key is derived or a file is created or written.
+ */
+export function checkCipherAvailable(p: CryptoProvider, spec: CipherSpec): void {
+  p.sectorCipher(spec, new Uint8Array(cipherKeyLength(spec)));
+}
+
 export function luksCreateSpec(opts: LuksCreateOptions): CipherSpec {
   const spec: CipherSpec = { alg: opts.cipherAlg ?? 'aes-256', mode: opts.cipherMode ?? 'xts', ivgen: opts.ivgenAlg ?? 'plain64' };
   if (spec.ivgen === 'essiv') spec.ivgenHash = opts.ivgenHashAlg ?? 'sha256';
@@ -162,9 +172,28 @@ function randomUuid(p: CryptoProvider): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** Iterations for `iterTime` ms at the measured rate, never fewer than 1000 (qemu's floor). */
+const UINT64_MAX = 2n ** 64n - 1n;
+const UINT32_MAX = 0xffffffff;
+/** qemu appends strerror(ERANGE) to its overflow messages. */
+const ERANGE_TEXT = 'Numerical result out of range';
+
+/**
+ * Iterations for `iterTime` ms at the measured rate, never fewer than 1000
+ * (qemu's floor). As qemu scales it: the rate per second times iter-time
+ * must fit 64 bits, and the count 32 bits (qemu's words for both); qimg
+ * then caps it lower (MAX_PBKDF2_ITERATIONS).
+ */
 export function iterationsFor(ratePerMs: number, iterTime: number, divisor = 1): number {
-  const n = Math.max(1000, Math.floor((ratePerMs * iterTime) / divisor));
+  const perSecond = BigInt(Math.floor(ratePerMs * 1000));
+  const time = BigInt(Math.floor(iterTime));
+  if (time > 0n && perSecond > UINT64_MAX / time) {
+    throw new ImageError('bad-argument', `PBKDF iterations ${perSecond} too large to scale: ${ERANGE_TEXT}`);
+  }
+  const scaled = (perSecond * time) / 1000n / BigInt(divisor);
+  if (scaled > BigInt(UINT32_MAX)) {
+    throw new ImageError('bad-argument', `PBKDF iterations ${scaled} larger than ${UINT32_MAX}: ${ERANGE_TEXT}`);
+  }
+  const n = Math.max(1000, Number(scaled));
   if (n > MAX_PBKDF2_ITERATIONS) {
     throw new ImageError('bad-argument', `Too many password hash iterations for LUKS volume (${n} > ${MAX_PBKDF2_ITERATIONS})`);
   }
@@ -227,10 +256,9 @@ export async function createLuks(opts: LuksCreateOptions, passphrase: Uint8Array
     const iterTime = opts.iterTime ?? 2000;
     // PBKDF2 runs its iterations once per digest-sized block of output, so a
     // 64-byte slot key costs twice a 32-byte one: time what is derived.
-    iterations = {
-      slot: iterationsFor(rate / pbkdf2Blocks(hash, keyBytes), iterTime),
-      masterKey: iterationsFor(rate / pbkdf2Blocks(hash, LUKS_DIGEST_SIZE), iterTime, 8),
-    };
+    // The master-key digest first, as qemu (whose error names the first count that overflows).
+    const masterKey = iterationsFor(rate / pbkdf2Blocks(hash, LUKS_DIGEST_SIZE), iterTime, 8);
+    iterations = { masterKey, slot: iterationsFor(rate / pbkdf2Blocks(hash, keyBytes), iterTime) };
   }
   const masterKey = p.randomBytes(keyBytes);
   const mkDigestSalt = p.randomBytes(LUKS_SALT_SIZE);

@@ -1,13 +1,14 @@
 /**
  * The Node CryptoProvider: OpenSSL (node:crypto) for the hashes, PBKDF2 on
- * libuv's thread pool and AES in ECB/CBC/CTR/XTS; the portable code for what
- * OpenSSL lacks or leaves to its legacy provider (Serpent, Twofish, CAST5, and
- * RIPEMD-160 when the build has none).
+ * libuv's thread pool, AES in ECB/CBC/CTR/XTS and CAST5 (from OpenSSL's
+ * legacy provider, see cast5.ts); the portable code for what OpenSSL lacks
+ * (Serpent, Twofish, and RIPEMD-160 when the build has none).
  */
 import { createCipheriv, createDecipheriv, createHash, getCiphers, getHashes, pbkdf2 as nodePbkdf2, randomFillSync } from 'node:crypto';
 import { blockSectorCipher, checkCipherKey, essivBlockCipher } from '../crypto/block-sector-cipher.js';
 import { portableBlockCipher } from '../crypto/ciphers.js';
 import { ivGenerator } from '../crypto/ivgen.js';
+import { requireCast5 } from './cast5.js';
 import { xtsDouble } from '../crypto/modes.js';
 import { measurePbkdf2Rate, portableCrypto } from '../crypto/portable.js';
 import type { CryptoProvider, HashAlg } from '../crypto/provider.js';
@@ -17,6 +18,7 @@ import {
   cipherFamily,
   cipherIvLength,
   SECTOR_SIZE,
+  type CipherAlg,
   type CipherSpec,
   type SectorCipher,
 } from '../crypto/sector-cipher.js';
@@ -107,39 +109,53 @@ function xtsMask(first: Uint8Array, count: number): Uint8Array {
   return mask;
 }
 
-/** Big-endian increment of a 16-byte counter at `o`, as CTR mode steps it. */
-function increment(c: Uint8Array, o: number): void {
-  for (let i = o + 15; i >= o; i--) {
+/** Big-endian increment of a `bs`-byte counter at `o`, as CTR mode steps it. */
+function increment(c: Uint8Array, o: number, bs: number): void {
+  for (let i = o + bs - 1; i >= o; i--) {
     c[i] = (c[i]! + 1) & 0xff;
     if (c[i] !== 0) return;
   }
 }
 
+/** The OpenSSL names of one block cipher: its ECB and CBC forms, and its block size. */
+interface OpenSslCipher {
+  ecb: string;
+  cbc: string;
+  blockSize: number;
+}
+
+function openSslCipher(alg: CipherAlg): OpenSslCipher {
+  if (cipherFamily(alg) === 'cast5') return { ecb: 'cast5-ecb', cbc: 'cast5-cbc', blockSize: 8 };
+  const bits = cipherAlgKeyLength(alg) * 8;
+  return { ecb: `aes-${bits}-ecb`, cbc: `aes-${bits}-cbc`, blockSize: 16 };
+}
+
 /**
- * AES sectors through OpenSSL. Each sector has its own IV, so rather than one
- * cipher context per sector, every mode but CBC encryption is expressed as one
- * bulk ECB pass plus XORs computed here: XTS masks each block with its tweak,
- * CTR XORs an ECB-encrypted counter stream, CBC decryption XORs the previous
- * ciphertext block. CBC encryption is sequential and goes sector by sector.
+ * Sectors through OpenSSL (AES, and CAST5 with the legacy provider). Each
+ * sector has its own IV, so rather than one cipher context per sector, every
+ * mode but CBC encryption is expressed as one bulk ECB pass plus XORs
+ * computed here: XTS masks each block with its tweak, CTR XORs an
+ * ECB-encrypted counter stream, CBC decryption XORs the previous ciphertext
+ * block. CBC encryption is sequential and goes sector by sector.
  */
-function nodeAesSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
+function nodeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
   checkCipherKey(spec, key);
-  const bits = cipherAlgKeyLength(spec.alg) * 8;
-  const half = bits / 8;
-  const ecbName = `aes-${bits}-ecb`;
+  const names = openSslCipher(spec.alg);
+  const bs = names.blockSize;
+  const half = cipherAlgKeyLength(spec.alg);
   const dataKey = Buffer.from(key.subarray(0, half));
   const tweakKey = spec.mode === 'xts' ? Buffer.from(key.subarray(half, 2 * half)) : undefined;
   const niv = cipherIvLength(spec);
   const ivgen = niv > 0 ? ivGenerator(spec.ivgen, spec.ivgen === 'essiv' ? essivBlockCipher(spec, key, portableBlockCipher, digest) : undefined) : undefined;
   const ecb = (k: Buffer, enc: boolean, data: Uint8Array): Buffer => {
-    const c = enc ? createCipheriv(ecbName, k, null) : createDecipheriv(ecbName, k, null);
+    const c = enc ? createCipheriv(names.ecb, k, null) : createDecipheriv(names.ecb, k, null);
     c.setAutoPadding(false);
     return c.update(data);
   };
-  /** The IV of each sector, 16 bytes apiece. */
+  /** The IV of each sector, one block apiece. */
   const sectorIvs = (sector: number, count: number): Uint8Array => {
-    const ivs = new Uint8Array(count * 16);
-    for (let i = 0; i < count; i++) ivgen!(sector + i, ivs.subarray(i * 16, i * 16 + 16));
+    const ivs = new Uint8Array(count * bs);
+    for (let i = 0; i < count; i++) ivgen!(sector + i, ivs.subarray(i * bs, i * bs + bs));
     return ivs;
   };
   const run = (sector: number, data: Uint8Array, enc: boolean): Promise<void> => {
@@ -160,10 +176,10 @@ function nodeAesSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
         const counters = new Uint8Array(data.length);
         const ivs = sectorIvs(sector, count);
         for (let i = 0; i < count; i++) {
-          counters.set(ivs.subarray(i * 16, i * 16 + 16), i * SECTOR_SIZE);
-          for (let o = i * SECTOR_SIZE + 16; o < (i + 1) * SECTOR_SIZE; o += 16) {
-            counters.copyWithin(o, o - 16, o);
-            increment(counters, o);
+          counters.set(ivs.subarray(i * bs, i * bs + bs), i * SECTOR_SIZE);
+          for (let o = i * SECTOR_SIZE + bs; o < (i + 1) * SECTOR_SIZE; o += bs) {
+            counters.copyWithin(o, o - bs, o);
+            increment(counters, o, bs);
           }
         }
         xorBytes(data, ecb(dataKey, true, counters));
@@ -173,7 +189,7 @@ function nodeAesSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
         const ivs = sectorIvs(sector, count);
         if (enc) {
           for (let i = 0; i < count; i++) {
-            const c = createCipheriv(`aes-${bits}-cbc`, dataKey, ivs.subarray(i * 16, i * 16 + 16));
+            const c = createCipheriv(names.cbc, dataKey, ivs.subarray(i * bs, i * bs + bs));
             c.setAutoPadding(false);
             data.set(c.update(data.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE)), i * SECTOR_SIZE);
           }
@@ -182,8 +198,8 @@ function nodeAesSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
           const chain = new Uint8Array(data.length);
           for (let i = 0; i < count; i++) {
             const o = i * SECTOR_SIZE;
-            chain.set(ivs.subarray(i * 16, i * 16 + 16), o);
-            chain.set(data.subarray(o, o + SECTOR_SIZE - 16), o + 16);
+            chain.set(ivs.subarray(i * bs, i * bs + bs), o);
+            chain.set(data.subarray(o, o + SECTOR_SIZE - bs), o + bs);
           }
           data.set(ecb(dataKey, false, data));
           xorBytes(data, chain);
@@ -208,7 +224,12 @@ export const nodeCrypto: CryptoProvider = {
     return randomFillSync(new Uint8Array(n));
   },
   sectorCipher(spec, key) {
-    if (cipherFamily(spec.alg) === 'aes' && nodeCiphers.has(`aes-${cipherAlgKeyLength(spec.alg) * 8}-ecb`)) return nodeAesSectorCipher(spec, key);
+    const family = cipherFamily(spec.alg);
+    if (family === 'aes' && nodeCiphers.has(`aes-${cipherAlgKeyLength(spec.alg) * 8}-ecb`)) return nodeSectorCipher(spec, key);
+    if (family === 'cast5') {
+      requireCast5();
+      return nodeSectorCipher(spec, key);
+    }
     return blockSectorCipher(spec, key, portableBlockCipher, digest);
   },
   // CPU time, not wall time, as qemu times it: on a busy host wall time would

@@ -399,16 +399,27 @@ test('convert: encrypted to plain, plain to encrypted, encrypted to encrypted; r
     assert.ok(readFileSync(pre).equals(before), `${what}: target untouched`);
   }
   assert.match(qemuImg(cases[0]![1](join(dir, 'c.out'))).stderr, /Compression and encryption not supported at the same time/);
-  // -c into an existing encrypted image, with its key: qemu fails the first write with EIO; qimg
-  // fails it too (exit 1, same prefix) but says why, and writes nothing.
+  // -c into an existing encrypted image whose clusters hold data, with its key: compression cannot
+  // overwrite, so qemu fails the first write with EIO, and qimg with the same words and code.
   const before = readFileSync(pre);
   const cArgs = ['convert', '-n', '-c', ...SECRETS, '--target-image-opts', src, qcow2Opts(pre)];
   const [qc, mc] = [qemuImg(cArgs), qimg(cArgs)];
   assert.equal(qc.stderr, 'qemu-img: error while writing at byte 0: Input/output error\n');
   assert.equal(mc.status, qc.status);
-  assert.equal(mc.stderr, 'qimg: error while writing at byte 0: Compression and encryption not supported at the same time\n');
+  assert.equal(asQemu(mc.stderr), qc.stderr);
   assert.ok(readFileSync(pre).equals(before) || guest(qcow2Opts(pre), dir, 'pre2').equals(want), 'no plaintext, guest unchanged');
   assert.ok(!readFileSync(pre).includes(Buffer.alloc(64, 0x21)), 'no plaintext in the file');
+  // Into clusters that hold nothing, qemu writes the compressed plaintext and succeeds; qimg
+  // refuses (a deliberate difference) and says why.
+  const empty = join(dir, 'empty.qcow2');
+  ok(qimg(['create', '-q', '-f', 'qcow2', ...SECRETS, '-o', LUKS, empty, '1M']), 'empty target');
+  const empty2 = join(dir, 'empty2.qcow2');
+  copyFileSync(empty, empty2);
+  const eq = qemuImg(['convert', '-n', '-c', ...SECRETS, '--target-image-opts', src, qcow2Opts(empty)]);
+  assert.equal(eq.status, 0, eq.stderr);
+  const em = qimg(['convert', '-n', '-c', ...SECRETS, '--target-image-opts', src, qcow2Opts(empty2)]);
+  assert.equal(em.status, 1);
+  assert.equal(em.stderr, 'qimg: error while writing at byte 0: Compression and encryption not supported at the same time\n');
 });
 
 test('compressed clusters: qemu writes them unencrypted; qimg reads them and refuses to write them', async (t) => {

@@ -52,6 +52,10 @@ describe('LUKS core', () => {
     assert.equal(iterationsFor(100, 2000, 8), 25000);
     assert.equal(iterationsFor(0.001, 10), 1000);
     assert.throws(() => iterationsFor(MAX_PBKDF2_ITERATIONS, 2), (e) => isImageError(e, 'bad-argument'));
+    // qemu's limits, in its words: the count must fit 32 bits, rate/s * iter-time 64 bits.
+    assert.throws(() => iterationsFor(5000, 1e6), (e) => isImageError(e, 'bad-argument') && e.message === 'PBKDF iterations 5000000000 larger than 4294967295: Numerical result out of range');
+    assert.throws(() => iterationsFor(5000, 1e6, 8), (e) => isImageError(e, 'bad-argument') && e.message === 'Too many password hash iterations for LUKS volume (625000000 > 67108864)');
+    assert.throws(() => iterationsFor(5000, 1e13), (e) => isImageError(e, 'bad-argument') && e.message === 'PBKDF iterations 5000000 too large to scale: Numerical result out of range');
   });
 
   it('iter-time calibration counts PBKDF2 blocks: a 64-byte SHA-256 slot key costs two', async () => {

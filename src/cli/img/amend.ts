@@ -5,6 +5,7 @@
  */
 import { amendImageFile, amendOptionHelp, hasHelpOption, isImageError, parseCacheMode } from '../../node.js';
 import { CliError, imageOperand, namedAsGiven, err, messageOf, out, Progress, PROG } from '../common.js';
+import { shouldRerun } from '../legacy-provider.js';
 import { ObjectStore } from '../objects.js';
 import { getopt, UsageError } from '../options.js';
 import { accumulate } from './create.js';
@@ -110,6 +111,7 @@ async function amendWithMeter(
     if (r.help !== undefined) out(r.help);
     else meter.print(100, 0);
   } catch (e) {
+    if (shouldRerun(e)) throw e; // main runs the command again with the cipher available
     // qemu-img prints 100% once the amendment ran, whether it failed or not.
     if (started) meter.print(100, 0);
     const hint = isImageError(e) && e.hint !== undefined ? `${e.hint.replace(/\n?$/, '\n')}` : '';

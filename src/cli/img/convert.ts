@@ -1,6 +1,7 @@
 /** qemu-img convert: raw targets are written as files, qcow2 and QED targets through Image. */
 import { convertImageFile, isImageError, parseCacheMode, type InternalSnapshotRef } from '../../node.js';
 import { checkImageOptsFormat, CliError, cvtnum, err, imageOperand, messageOf, namedAsGiven, openCli, out, PROG, Progress } from '../common.js';
+import { shouldRerun } from '../legacy-provider.js';
 import { ObjectStore } from '../objects.js';
 import { getopt, parseSize } from '../options.js';
 import { hasHelpOption, parseOptions, splitCompressionLevel } from '../../node.js';
@@ -249,6 +250,7 @@ export async function cmdConvert(args: string[]): Promise<number> {
 
   const meter = new Progress(progress, 1.0);
   meter.print(0, 100);
+  let rerun = false;
   try {
     try {
       // Under --image-opts / --target-image-opts qemu names an image by its option string.
@@ -286,12 +288,14 @@ export async function cmdConvert(args: string[]): Promise<number> {
       const named = (): Promise<void> => (srcPaths.length === 1 ? namedAsGiven(...given(0, srcPaths[0]!), run) : run());
       await (targetImageOpts ? namedAsGiven(...given(-1, outPath), named) : named());
     } catch (e) {
+      // The rerun draws the meter again: this run leaves its line unfinished.
+      rerun = shouldRerun(e);
       if (isImageError(e)) throw new CliError(e.hint ? `${e.message}\n${e.hint}` : e.message, 1, { cause: e });
       throw e;
     }
     meter.print(100, 0);
   } finally {
-    meter.end();
+    if (!rerun) meter.end();
   }
   return 0;
 }

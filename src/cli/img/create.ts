@@ -6,6 +6,7 @@
  */
 import { createImageOn, createOptionHelp, findFormat, hasHelpOption, isImageError, nodeHost, parseCreateOptions, type OptionBag } from '../../node.js';
 import { CliError, err, messageOf, out, PROG } from '../common.js';
+import { shouldRerun } from '../legacy-provider.js';
 import { ObjectStore } from '../objects.js';
 import { getopt, parseSize, UsageError } from '../options.js';
 
@@ -123,6 +124,7 @@ export async function cmdCreate(args: string[]): Promise<number> {
       onFormatting: quiet ? undefined : (line) => out(line + '\n'),
     });
   } catch (e) {
+    if (shouldRerun(e)) throw e; // main runs the command again with the cipher available
     return createFailure(filename, e);
   }
   return 0;

@@ -113,7 +113,7 @@ export async function applyLuksAmend(h: LuksHeader, io: LuksHeaderIo, req: LuksA
   if (oldSecretId !== undefined) opts.oldSecret = () => lookupSecret(ctx.secrets, oldSecretId);
   const result = await amendLuksSlots(h, masterKey, opts, io.readAt, crypto);
   for (const w of result.writes) {
-    await io.write(w.offset, w.data);
+    await io.write(w.offset, typeof w.data === 'function' ? w.data() : w.data);
     await io.flush();
   }
   return result.header;

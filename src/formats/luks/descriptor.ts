@@ -2,6 +2,7 @@
 import { genericCreateLine } from '../../block/create-options.js';
 import type { FormatDescriptor } from '../../block/format.js';
 import { LUKS_MAGIC } from '../../crypto/luks-header.js';
+import { newLuksCipherSpec } from '../qcow2/create-encryption.js';
 import { LUKS_AMEND_HELP } from './amend.js';
 import { amendLuksVolume } from './amend-volume.js';
 import { createLuksVolume } from './create.js';
@@ -19,6 +20,7 @@ export const luksFormat: FormatDescriptor = {
   open: openLuks,
   createOptions: LUKS_CREATE_OPTIONS,
   createLine: (filename, bag) => genericCreateLine('luks', filename, bag.clone()),
+  createCipher: (bag) => newLuksCipherSpec(bag, ''),
   create: (storage, bag, ctx) => createLuksVolume(storage, bag, ctx),
   amend: (storage, bag, ctx) => amendLuksVolume(storage, bag, ctx),
   amendOptions: LUKS_AMEND_HELP,

@@ -5,10 +5,11 @@
  */
 import type { CreateContext } from '../../block/format.js';
 import { lookupSecret } from '../../block/secrets.js';
-import { createLuks, type LuksCreateOptions } from '../../crypto/luks.js';
+import type { OptionBag } from '../../block/options.js';
+import { createLuks, luksCreateSpec, type LuksCreateOptions } from '../../crypto/luks.js';
 import { portableCrypto } from '../../crypto/portable.js';
 import { isHashAlg } from '../../crypto/provider.js';
-import { CIPHER_ALGS, CIPHER_MODES, IVGEN_ALGS, type CipherAlg, type CipherMode, type IvGenAlg } from '../../crypto/sector-cipher.js';
+import { CIPHER_ALGS, CIPHER_MODES, IVGEN_ALGS, type CipherAlg, type CipherSpec, type CipherMode, type IvGenAlg } from '../../crypto/sector-cipher.js';
 import { ImageError } from '../../errors.js';
 
 /** The encrypt.* options besides format and key-secret, in the order qemu prints them. */
@@ -68,9 +69,28 @@ export function luksCreateOptions(extra: Readonly<Record<string, string>>, prefi
   const it = extra['iter-time'];
   if (it !== undefined) {
     if (!/^\d+$/.test(it)) throw bad(`Parameter '${prefix}iter-time' expects a number`);
+    // The typed option is a signed 64-bit integer.
+    if (BigInt(it) >= 2n ** 63n) throw bad(`Parameter '${prefix}iter-time' expects integer`);
     o.iterTime = Number(it);
   }
   return o;
+}
+
+/**
+ * The cipher of a new LUKS volume whose options (keys after `prefix`) are in
+ * `bag`, or undefined when they do not name a valid one (create reports why).
+ */
+export function newLuksCipherSpec(bag: OptionBag, prefix: string): CipherSpec | undefined {
+  const extra: Record<string, string> = {};
+  for (const k of LUKS_CREATE_KEYS) {
+    const v = bag.peek(prefix + k);
+    if (v !== undefined) extra[k] = v;
+  }
+  try {
+    return luksCreateSpec(luksCreateOptions(extra, prefix));
+  } catch {
+    return undefined;
+  }
 }
 
 /** The LUKS header and key material for a new image, as bytes to place in the image. */

@@ -99,7 +99,11 @@ export function qcow2CreateLine(filename: string, o: Qcow2CreateOptions & { give
   put('encryption', given.has('encryption') ? (o.encryptFormat === 'aes' ? 'on' : 'off') : undefined);
   put('encrypt.format', o.encryptFormat);
   put('encrypt.key-secret', o.encryptKeySecret);
-  for (const k of LUKS_CREATE_KEYS) put(`encrypt.${k}`, o.encryptOptions?.[k]);
+  for (const k of LUKS_CREATE_KEYS) {
+    const v = o.encryptOptions?.[k];
+    // A number option: qemu prints it as a signed 64-bit integer (2^64 - 1 as -1).
+    put(`encrypt.${k}`, k === 'iter-time' && v !== undefined && /^\d+$/.test(v) ? String(BigInt.asIntN(64, BigInt(v))) : v);
+  }
   put('cluster_size', String(o.clusterSize), true);
   put('extended_l2', o.extendedL2 ? 'on' : 'off', true);
   put('preallocation', o.preallocation);

@@ -5,6 +5,7 @@ import type { OptionBag } from '../../block/options.js';
 import { ImageError } from '../../errors.js';
 import { amendQcow2, parseQcow2Amendments, QCOW2_AMEND_HELP } from './amend.js';
 import { checkQcow2File } from './check.js';
+import { newLuksCipherSpec } from './create-encryption.js';
 import { createQcow2, parseQcow2CreateOptions, qcow2CreateLine } from './create.js';
 import { measureQcow2 } from './measure-image.js';
 import { openQcow2 } from './qcow2.js';
@@ -79,6 +80,7 @@ export const qcow2Format: FormatDescriptor = {
     }
     return qcow2CreateLine(filename, parsed, size) + protocolOptionsTail(bag.clone(), ['nocow', 'extent_size_hint']);
   },
+  createCipher: (bag) => (bag.peek('encrypt.format') === 'luks' ? newLuksCipherSpec(bag, 'encrypt.') : undefined),
   async create(storage, bag, ctx) {
     for (const k of ['nocow', 'extent_size_hint']) bag.string(k);
     const size = bag.size('size', 0);

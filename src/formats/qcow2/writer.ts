@@ -280,9 +280,8 @@ export class Qcow2Writer {
   async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
     const cs = this.clusterSize;
     if (this.cfg.hasDataFile) throw new ImageError('unsupported', 'Operation not supported');
-    // qemu stores compressed clusters of an encrypted image unencrypted: qimg never writes one.
-    if (this.cfg.encrypted) throw new ImageError('unsupported', 'Compression and encryption not supported at the same time');
     if (offset % cs !== 0) throw new ImageError('bad-argument', 'Invalid argument');
+    if (this.cfg.encrypted) await this.refuseEncryptedCompression(offset, data.length);
     const jobs: Promise<void>[] = [];
     for (let pos = 0; pos < data.length; pos += cs) {
       const n = Math.min(cs, data.length - pos);
@@ -290,6 +289,22 @@ export class Qcow2Writer {
       jobs.push(this.writeCompressedCluster(offset + pos, data.subarray(pos, pos + n)));
     }
     await Promise.all(jobs);
+  }
+
+  /**
+   * qemu stores compressed clusters of an encrypted image unencrypted: qimg
+   * never writes one. Where qemu fails anyway (a cluster that already holds
+   * data: compression cannot overwrite) it fails with qemu's error; elsewhere
+   * with the reason.
+   */
+  private async refuseEncryptedCompression(offset: number, length: number): Promise<never> {
+    for (let guest = offset; guest < offset + length; guest += this.clusterSize) {
+      const old = await this.meta.run(() => this.entry(guest));
+      if (entryOffset(old.hi, old.lo) !== 0 || clusterType(old.hi, old.lo, this.cfg.extL2, false) === Cluster.COMPRESSED) {
+        throw new ImageError('io', 'Input/output error');
+      }
+    }
+    throw new ImageError('unsupported', 'Compression and encryption not supported at the same time');
   }
 
   private dataFor(guest: number, host: number): Storage {
