@@ -1,4 +1,5 @@
 /** The pure-JS CryptoProvider: runs wherever the core runs (browsers, Deno, Node). */
+import { aesWordSectorCipher } from './aes-sectors.js';
 import { blockSectorCipher } from './block-sector-cipher.js';
 import { portableBlockCipher } from './ciphers.js';
 import { portableDigest, portablePbkdf2 } from './hashes.js';
@@ -38,6 +39,6 @@ export const portableCrypto: CryptoProvider = {
     for (let o = 0; o < n; o += 65536) crypto.getRandomValues(out.subarray(o, Math.min(n, o + 65536)));
     return out;
   },
-  sectorCipher: (spec, key) => blockSectorCipher(spec, key, portableBlockCipher, portableDigest),
+  sectorCipher: (spec, key) => aesWordSectorCipher(spec, key, portableDigest) ?? blockSectorCipher(spec, key, portableBlockCipher, portableDigest),
   pbkdf2Rate: (hash) => measurePbkdf2Rate(portablePbkdf2, hash),
 };
