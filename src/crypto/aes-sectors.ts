@@ -23,8 +23,18 @@ function increment(c: Uint8Array): void {
   }
 }
 
+/** The word-wise cipher and what the WebCrypto decryption (subtle-aes.ts) needs from it. */
+export interface AesWordSectorCipher extends SectorCipher {
+  /** Each sector's IV, 16 bytes apiece (zeros for ECB). */
+  ivs(first: number, count: number): Uint8Array;
+  /** XTS: each block's tweak, as four words per block. */
+  tweaks(first: number, count: number): Uint32Array;
+  /** Words o..o+3 of `w` become E(data key, words o-4..o-1 XOR `mask`). */
+  encryptAfter(w: Uint32Array, o: number, mask: number): void;
+}
+
 /** The word-wise AES sector cipher, or undefined where it does not apply (not AES, big-endian host). */
-export function aesWordSectorCipher(spec: CipherSpec, key: Uint8Array, digest: DigestFunction): SectorCipher | undefined {
+export function aesWordSectorCipher(spec: CipherSpec, key: Uint8Array, digest: DigestFunction): AesWordSectorCipher | undefined {
   if (!LITTLE_ENDIAN || cipherFamily(spec.alg) !== 'aes') return undefined;
   checkCipherKey(spec, key);
   const half = cipherAlgKeyLength(spec.alg);
@@ -131,5 +141,44 @@ export function aesWordSectorCipher(spec: CipherSpec, key: Uint8Array, digest: D
     if (buf !== data) data.set(buf);
     return Promise.resolve();
   };
-  return { sectorSize: SECTOR_SIZE, encrypt: (s, d) => run(s, d, true), decrypt: (s, d) => run(s, d, false) };
+  return {
+    sectorSize: SECTOR_SIZE,
+    encrypt: (s, d) => run(s, d, true),
+    decrypt: (s, d) => run(s, d, false),
+    ivs(first, count) {
+      const out = new Uint8Array(count * 16);
+      for (let s = 0; s < count; s++) ivgen?.(first + s, out.subarray(s * 16, s * 16 + 16));
+      return out;
+    },
+    tweaks(first, count) {
+      const m = new Uint32Array(count * WORDS);
+      for (let s = 0, o = 0; s < count; s++) {
+        ivgen?.(first + s, iv);
+        const t = E(tk, ivw[0]!, ivw[1]!, ivw[2]!, ivw[3]!);
+        let t0 = t.s0;
+        let t1 = t.s1;
+        let t2 = t.s2;
+        let t3 = t.s3;
+        for (let j = 0; j < WORDS / 4; j++, o += 4) {
+          m[o] = t0;
+          m[o + 1] = t1;
+          m[o + 2] = t2;
+          m[o + 3] = t3;
+          const carry = t3 >>> 31;
+          t3 = (t3 << 1) | (t2 >>> 31);
+          t2 = (t2 << 1) | (t1 >>> 31);
+          t1 = (t1 << 1) | (t0 >>> 31);
+          t0 = (t0 << 1) ^ (carry * 0x87);
+        }
+      }
+      return m;
+    },
+    encryptAfter(w, o, mask) {
+      const x = E(ek, w[o - 4]! ^ mask, w[o - 3]! ^ mask, w[o - 2]! ^ mask, w[o - 1]! ^ mask);
+      w[o] = x.s0;
+      w[o + 1] = x.s1;
+      w[o + 2] = x.s2;
+      w[o + 3] = x.s3;
+    },
+  };
 }

@@ -3,13 +3,15 @@
  * against published vectors in crypto-vectors.test.ts), byte for byte: the
  * Node provider (the sectorcrypto addon: PBKDF2 blocks on two threads, whole
  * requests of sectors on the thread pool; without it, bulk ECB plus XOR
- * masks) and the portable one (word-wise AES). Random specs, keys, first
+ * masks) and the portable one (word-wise AES; WebCrypto AES-CBC for large
+ * XTS and CBC decryptions). Random specs, keys, first
  * sectors (past 2^32, where plain and plain64 differ), lengths (past the
  * size where a request is split in two) and buffer offsets (unaligned too).
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
+import { aesWordSectorCipher } from '../../src/crypto/aes-sectors.js';
 import { blockSectorCipher } from '../../src/crypto/block-sector-cipher.js';
 import { portableBlockCipher } from '../../src/crypto/ciphers.js';
 import { portableDigest } from '../../src/crypto/hashes.js';
@@ -56,7 +58,7 @@ function data(c: Case): Uint8Array {
   return d;
 }
 
-async function agree(p: CryptoProvider, c: Case): Promise<void> {
+async function agree(p: Pick<CryptoProvider, 'sectorCipher'>, c: Case): Promise<void> {
   const key = keyFor(c);
   const plain = data(c);
   const want = plain.slice();
@@ -111,8 +113,13 @@ describe('fast AES sector paths agree with the generic one', () => {
     });
   }
 
-  it('portable word-wise AES, every mode and IV generator', async () => {
+  it('portable AES (WebCrypto for large XTS/CBC decryption), every mode and IV generator', async () => {
     await fc.assert(fc.asyncProperty(caseArb, (c) => agree(portableCrypto, c)), { numRuns: 100 });
+  });
+
+  it('portable word-wise AES alone (hosts without WebCrypto), every mode and IV generator', async () => {
+    const words = { sectorCipher: (spec: CipherSpec, key: Uint8Array) => aesWordSectorCipher(spec, key, portableDigest)! };
+    await fc.assert(fc.asyncProperty(caseArb, (c) => agree(words, c)), { numRuns: 100 });
   });
 
   it('sectors of one request are independent of how the request is cut', async () => {
