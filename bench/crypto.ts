@@ -2,12 +2,16 @@
  * node --import tsx bench/crypto.ts: PBKDF2 iterations per second and sector
  * cipher throughput (MiB/s, each way) for the portable and Node crypto providers
  * (the Node one with the sectorcrypto addon when it is built).
- * Options (environment): BENCH_CRYPTO_MIB (default 16).
+ * Options (environment): BENCH_CRYPTO_MIB (default 16), BENCH_CRYPTO_NO_ADDON=1 (the Node
+ * provider as without the addon: node:crypto alone).
  */
 import { portableCrypto } from '../src/crypto/portable.js';
 import type { CryptoProvider } from '../src/crypto/provider.js';
 import type { CipherSpec } from '../src/crypto/sector-cipher.js';
 import { nodeCrypto } from '../src/io/crypto.js';
+import { setSectorCryptoAddon } from '../src/io/sector-crypto-addon.js';
+
+if (process.env.BENCH_CRYPTO_NO_ADDON === '1') setSectorCryptoAddon(null);
 
 const mib = Number(process.env.BENCH_CRYPTO_MIB ?? 16);
 const providers: [string, CryptoProvider][] = [
