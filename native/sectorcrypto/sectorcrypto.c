@@ -7,9 +7,10 @@
  *   rebuilds its MAC context every iteration (about twice the cost), and a
  *   caller can derive the blocks of a longer key on separate threads.
  * - sectors: AES in place over 512-byte sectors, one IV per sector, with one
- *   cipher context for the whole request (node:crypto needs one per sector).
+ *   cipher context for the whole request (node:crypto needs one per sector);
+ *   sectorsSync does small requests on the calling thread.
  *
- * Both return a promise. The JS side (src/io/sector-crypto-addon.ts) decides
+ * pbkdf2Block and sectors return a promise. The JS side (src/io/sector-crypto-addon.ts) decides
  * when to use them and falls back to node:crypto when this addon is absent.
  */
 #include <openssl/evp.h>
@@ -259,8 +260,10 @@ static napi_value pbkdf2_block_js(napi_env env, napi_callback_info info) {
  * In place over data (whole 512-byte sectors); ivMode 0 none (ECB), 1 plain,
  * 2 plain64 (both from firstSector), 3 the 16 bytes per sector in ivs.
  * The caller must leave data alone until the promise settles.
+ * sectorsSync: the same, done before it returns (small requests, where a
+ * round trip through the thread pool costs more than the work).
  */
-static napi_value sectors_js(napi_env env, napi_callback_info info) {
+static napi_value sectors_common(napi_env env, napi_callback_info info, int sync) {
   size_t argc = 7;
   napi_value argv[7];
   char name[32];
@@ -280,21 +283,29 @@ static napi_value sectors_js(napi_env env, napi_callback_info info) {
   }
   const EVP_CIPHER *cipher = EVP_get_cipherbyname(name);
   if (!cipher || (size_t)EVP_CIPHER_key_length(cipher) != keyl || keyl > 64) return fail(env, "sectors: unsupported cipher or key");
+  sectors_job sj = {.cipher = cipher, .encrypt = encrypt ? 1 : 0, .iv_mode = iv_mode, .data = data, .ivs = ivs, .length = datal, .first_sector = (uint64_t)first};
+  memcpy(sj.key, key, keyl);
+  if (sync) {
+    run_sectors(&sj);
+    OPENSSL_cleanse(sj.key, sizeof sj.key);
+    if (!sj.ok) napi_throw_error(env, NULL, "sector cipher failed");
+    return NULL;
+  }
   job *j = calloc(1, sizeof *j);
-  if (!j) return fail(env, "out of memory");
+  if (!j) {
+    OPENSSL_cleanse(sj.key, sizeof sj.key);
+    return fail(env, "out of memory");
+  }
   j->kind = 1;
-  j->sectors.cipher = cipher;
-  memcpy(j->sectors.key, key, keyl);
-  j->sectors.encrypt = encrypt ? 1 : 0;
-  j->sectors.iv_mode = iv_mode;
-  j->sectors.data = data;
-  j->sectors.length = datal;
-  j->sectors.ivs = ivs;
-  j->sectors.first_sector = (uint64_t)first;
+  j->sectors = sj;
+  OPENSSL_cleanse(sj.key, sizeof sj.key);
   napi_create_reference(env, argv[3], 1, &j->keep[0]);
   if (ivs) napi_create_reference(env, argv[6], 1, &j->keep[1]);
   return queue(env, j);
 }
+
+static napi_value sectors_js(napi_env env, napi_callback_info info) { return sectors_common(env, info, 0); }
+static napi_value sectors_sync_js(napi_env env, napi_callback_info info) { return sectors_common(env, info, 1); }
 
 NAPI_MODULE_INIT() {
   napi_value f;
@@ -302,5 +313,7 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "pbkdf2Block", f);
   napi_create_function(env, "sectors", NAPI_AUTO_LENGTH, sectors_js, NULL, &f);
   napi_set_named_property(env, exports, "sectors", f);
+  napi_create_function(env, "sectorsSync", NAPI_AUTO_LENGTH, sectors_sync_js, NULL, &f);
+  napi_set_named_property(env, exports, "sectorsSync", f);
   return exports;
 }

@@ -173,12 +173,15 @@ const equalHalves = (key: Uint8Array): boolean => {
   return true;
 };
 
+/** Shorter requests are done on the main thread: waking a pool thread costs more than their work. */
+const POOL_BYTES = 16 * 1024;
 /** Requests this long or longer are split in two, one half per thread. */
 const SPLIT_BYTES = 64 * 1024;
 
 /**
  * AES sectors through the addon: one OpenSSL cipher context per request on
- * the thread pool, large requests in two halves so two cores work. plain and
+ * the thread pool (small ones on the main thread), large requests in two
+ * halves so two cores work. plain and
  * plain64 IVs are made there from the sector number; essiv ones here.
  */
 function addonAesSectorCipher(addon: SectorCryptoAddon, spec: CipherSpec, key: Uint8Array): SectorCipher {
@@ -191,6 +194,10 @@ function addonAesSectorCipher(addon: SectorCryptoAddon, spec: CipherSpec, key: U
   const run = async (sector: number, data: Uint8Array, enc: boolean): Promise<void> => {
     checkSectorData(data);
     if (data.length === 0) return;
+    if (data.length < POOL_BYTES) {
+      addon.sectorsSync(name, k, enc, data, sector, ivMode, ivs ? ivs(sector, data.length / SECTOR_SIZE) : null);
+      return;
+    }
     if (data.length < SPLIT_BYTES) return part(sector, data, enc);
     const half = (data.length / SECTOR_SIZE) >> 1;
     await Promise.all([part(sector, data.subarray(0, half * SECTOR_SIZE), enc), part(sector + half, data.subarray(half * SECTOR_SIZE), enc)]);

@@ -15,6 +15,8 @@ export interface SectorCryptoAddon {
   pbkdf2Block(hash: string, password: Uint8Array, salt: Uint8Array, iterations: number, index: number): Promise<Uint8Array>;
   /** In place over whole 512-byte sectors; `ivs` holds 16 bytes per sector when ivMode is Given. */
   sectors(cipher: string, key: Uint8Array, encrypt: boolean, data: Uint8Array, firstSector: number, ivMode: AddonIv, ivs: Uint8Array | null): Promise<void>;
+  /** `sectors` on the calling thread (small requests: no round trip through the pool). */
+  sectorsSync(cipher: string, key: Uint8Array, encrypt: boolean, data: Uint8Array, firstSector: number, ivMode: AddonIv, ivs: Uint8Array | null): void;
 }
 
 /** The hashes pbkdf2Block computes. */
