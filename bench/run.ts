@@ -128,7 +128,7 @@ function encryptedCases(): Case[] {
   return [
     {
       name: `open (unlock) a LUKS qcow2: map of an empty one (iter-time ${OPEN_ITER_TIME_MS} ms)`,
-      goal: '<= 1.5',
+      goal: '<= 1.2',
       needs: 'encrypted',
       minRounds: 5,
       before: sync,
@@ -136,7 +136,7 @@ function encryptedCases(): Case[] {
     },
     {
       name: `LUKS qcow2 ${ENCRYPTED_MIB} MiB -> raw (decrypt)`,
-      goal: '<= 1.5',
+      goal: '<= 1.0',
       needs: 'encrypted',
       minRounds: 5,
       before: freshOut,
@@ -325,6 +325,8 @@ async function main(): Promise<void> {
     'Where the time goes, what was tried, and which goals are not met: docs/performance.md.',
     '',
     'Encrypted rows (LUKS, AES-256-XTS): at least 5 rounds, `sync` before each command; the volumes are made by qemu-img.',
+    '`info` of an encrypted image does not unlock it (as qemu-img\'s does not), so it costs what `info` of any image costs; the',
+    'unlock cost shows in the `map` row. qimg\'s figures are with the sectorcrypto addon (`npm install` builds it).',
     '',
     '| work | goal | qemu-img ms | qimg ms | ratio | qemu-img peak MiB | qimg peak MiB | note |',
     '|---|---|---|---|---|---|---|---|',

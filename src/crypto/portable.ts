@@ -1,5 +1,7 @@
 /** The pure-JS CryptoProvider: runs wherever the core runs (browsers, Deno, Node). */
+import { aesWordSectorCipher } from './aes-sectors.js';
 import { blockSectorCipher } from './block-sector-cipher.js';
+import { withSubtleDecrypt } from './subtle-aes.js';
 import { portableBlockCipher } from './ciphers.js';
 import { portableDigest, portablePbkdf2 } from './hashes.js';
 import { digestLength, type CryptoProvider, type HashAlg } from './provider.js';
@@ -38,6 +40,9 @@ export const portableCrypto: CryptoProvider = {
     for (let o = 0; o < n; o += 65536) crypto.getRandomValues(out.subarray(o, Math.min(n, o + 65536)));
     return out;
   },
-  sectorCipher: (spec, key) => blockSectorCipher(spec, key, portableBlockCipher, portableDigest),
+  sectorCipher(spec, key) {
+    const words = aesWordSectorCipher(spec, key, portableDigest);
+    return words ? withSubtleDecrypt(spec, key, words) : blockSectorCipher(spec, key, portableBlockCipher, portableDigest);
+  },
   pbkdf2Rate: (hash) => measurePbkdf2Rate(portablePbkdf2, hash),
 };

@@ -11,17 +11,19 @@ import { ivGenerator } from '../crypto/ivgen.js';
 import { requireCast5 } from './cast5.js';
 import { xtsDouble } from '../crypto/modes.js';
 import { measurePbkdf2Rate, portableCrypto } from '../crypto/portable.js';
-import type { CryptoProvider, HashAlg } from '../crypto/provider.js';
+import { digestLength, type CryptoProvider, type HashAlg } from '../crypto/provider.js';
 import {
   checkSectorData,
   cipherAlgKeyLength,
   cipherFamily,
   cipherIvLength,
+  essivCipherAlg,
   SECTOR_SIZE,
   type CipherAlg,
   type CipherSpec,
   type SectorCipher,
 } from '../crypto/sector-cipher.js';
+import { ADDON_PBKDF2_HASHES, AddonIv, sectorCryptoAddon, type SectorCryptoAddon } from './sector-crypto-addon.js';
 
 const nodeHashes = new Set(getHashes());
 const nodeCiphers = new Set(getCiphers());
@@ -49,7 +51,28 @@ function digest(hash: HashAlg, data: Uint8Array): Uint8Array {
   return new Uint8Array(b.buffer, b.byteOffset, b.length);
 }
 
+/**
+ * PBKDF2 through the addon: each digest-sized block of the output is an
+ * independent chain of iterations, so a LUKS slot key of two blocks (AES-256
+ * XTS with SHA-256) is derived on two threads at once.
+ */
+async function addonPbkdf2(addon: SectorCryptoAddon, hash: HashAlg, password: Uint8Array, salt: Uint8Array, iterations: number, keyLength: number): Promise<Uint8Array> {
+  const size = digestLength(hash);
+  const count = Math.ceil(keyLength / size);
+  const blocks = await Promise.all(Array.from({ length: count }, (_, i) => addon.pbkdf2Block(hash, password, salt, iterations, i + 1)));
+  const out = new Uint8Array(count * size);
+  blocks.forEach((b, i) => {
+    out.set(b, i * size);
+    b.fill(0);
+  });
+  return out.subarray(0, keyLength);
+}
+
 function pbkdf2(hash: HashAlg, password: Uint8Array, salt: Uint8Array, iterations: number, keyLength: number): Promise<Uint8Array> {
+  const addon = sectorCryptoAddon();
+  if (addon && ADDON_PBKDF2_HASHES.has(hash) && iterations >= 1 && iterations <= 0xffffffff) {
+    return addonPbkdf2(addon, hash, password, salt, iterations, keyLength);
+  }
   if (!nodeHas(hash)) return portableCrypto.pbkdf2(hash, password, salt, iterations, keyLength);
   return new Promise((resolve, reject) => {
     nodePbkdf2(password, salt, iterations, keyLength, hash, (err, key) => {
@@ -109,8 +132,159 @@ function xtsMask(first: Uint8Array, count: number): Uint8Array {
   return mask;
 }
 
+/** Big-endian increment of a 16-byte counter at `o`, as CTR mode steps it. */
+function increment(c: Uint8Array, o: number): void {
+  for (let i = o + 15; i >= o; i--) {
+    c[i] = (c[i]! + 1) & 0xff;
+    if (c[i] !== 0) return;
+  }
+}
+
+/** Each sector's plain64 (or, with `bytes` 4, plain) IV, 16 bytes apiece. */
+function plainIvs(sector: number, count: number, bytes: 4 | 8): Uint8Array {
+  const ivs = new Uint8Array(count * 16);
+  const v = new DataView(ivs.buffer);
+  for (let i = 0; i < count; i++) {
+    const s = sector + i;
+    v.setUint32(i * 16, s >>> 0, true);
+    if (bytes === 8) v.setUint32(i * 16 + 4, Math.floor(s / 0x1_0000_0000) >>> 0, true);
+  }
+  return ivs;
+}
+
+/** AES-ECB in one OpenSSL pass (no padding). */
+function aesEcb(key: Uint8Array, enc: boolean, data: Uint8Array): Buffer {
+  const name = `aes-${key.length * 8}-ecb`;
+  const c = enc ? createCipheriv(name, key, null) : createDecipheriv(name, key, null);
+  c.setAutoPadding(false);
+  return c.update(data);
+}
+
+/** The IVs of a run of sectors for the spec's generator: plain64 encrypted under hash(master key) for essiv. */
+function sectorIvMaker(spec: CipherSpec, key: Uint8Array): (sector: number, count: number) => Uint8Array {
+  if (spec.ivgen !== 'essiv') {
+    const bytes = spec.ivgen === 'plain' ? 4 : 8;
+    return (sector, count) => plainIvs(sector, count, bytes);
+  }
+  const hash = spec.ivgenHash ?? 'sha256';
+  const essivKey = Buffer.from(digest(hash, key).subarray(0, cipherAlgKeyLength(essivCipherAlg(spec.alg, hash))));
+  return (sector, count) => new Uint8Array(aesEcb(essivKey, true, plainIvs(sector, count, 8)));
+}
+
+const equalHalves = (key: Uint8Array): boolean => {
+  const h = key.length / 2;
+  for (let i = 0; i < h; i++) if (key[i] !== key[h + i]) return false;
+  return true;
+};
+
+/** Shorter requests are done on the main thread: waking a pool thread costs more than their work. */
+const POOL_BYTES = 16 * 1024;
+/** Requests this long or longer are split in two, one half per thread. */
+const SPLIT_BYTES = 64 * 1024;
+
+/**
+ * AES sectors through the addon: one OpenSSL cipher context per request on
+ * the thread pool (small ones on the main thread), large requests in two
+ * halves so two cores work. plain and
+ * plain64 IVs are made there from the sector number; essiv ones here.
+ */
+function addonAesSectorCipher(addon: SectorCryptoAddon, spec: CipherSpec, key: Uint8Array): SectorCipher {
+  const name = `aes-${cipherAlgKeyLength(spec.alg) * 8}-${spec.mode}`;
+  const k = key.slice();
+  const ivMode = spec.mode === 'ecb' ? AddonIv.None : spec.ivgen === 'essiv' ? AddonIv.Given : spec.ivgen === 'plain' ? AddonIv.Plain : AddonIv.Plain64;
+  const ivs = ivMode === AddonIv.Given ? sectorIvMaker(spec, key) : undefined;
+  const part = (sector: number, data: Uint8Array, enc: boolean): Promise<void> =>
+    addon.sectors(name, k, enc, data, sector, ivMode, ivs ? ivs(sector, data.length / SECTOR_SIZE) : null);
+  const run = async (sector: number, data: Uint8Array, enc: boolean): Promise<void> => {
+    checkSectorData(data);
+    if (data.length === 0) return;
+    if (data.length < POOL_BYTES) {
+      addon.sectorsSync(name, k, enc, data, sector, ivMode, ivs ? ivs(sector, data.length / SECTOR_SIZE) : null);
+      return;
+    }
+    if (data.length < SPLIT_BYTES) return part(sector, data, enc);
+    const half = (data.length / SECTOR_SIZE) >> 1;
+    await Promise.all([part(sector, data.subarray(0, half * SECTOR_SIZE), enc), part(sector + half, data.subarray(half * SECTOR_SIZE), enc)]);
+  };
+  return { sectorSize: SECTOR_SIZE, encrypt: (s, d) => run(s, d, true), decrypt: (s, d) => run(s, d, false) };
+}
+
+/**
+ * AES sectors through node:crypto alone. Each sector has its own IV, so
+ * rather than one cipher context per sector, every mode but CBC encryption is
+ * expressed as one bulk ECB pass plus XORs computed here: XTS masks each
+ * block with its tweak, CTR XORs an ECB-encrypted counter stream, CBC
+ * decryption XORs the previous ciphertext block. CBC encryption is sequential
+ * and goes sector by sector.
+ */
+function nodeAesSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
+  checkCipherKey(spec, key);
+  const bits = cipherAlgKeyLength(spec.alg) * 8;
+  const half = bits / 8;
+  const addon = sectorCryptoAddon();
+  // OpenSSL refuses XTS keys whose halves are equal; qemu takes them: those go the ECB way.
+  if (addon && nodeCiphers.has(`aes-${bits}-${spec.mode}`) && !(spec.mode === 'xts' && equalHalves(key))) {
+    return addonAesSectorCipher(addon, spec, key);
+  }
+  const dataKey = Buffer.from(key.subarray(0, half));
+  const tweakKey = spec.mode === 'xts' ? Buffer.from(key.subarray(half, 2 * half)) : undefined;
+  const sectorIvs = sectorIvMaker(spec, key);
+  const run = (sector: number, data: Uint8Array, enc: boolean): Promise<void> => {
+    checkSectorData(data);
+    const count = data.length / SECTOR_SIZE;
+    switch (spec.mode) {
+      case 'ecb':
+        data.set(aesEcb(dataKey, enc, data));
+        break;
+      case 'xts': {
+        const mask = xtsMask(new Uint8Array(aesEcb(tweakKey!, true, sectorIvs(sector, count))), count);
+        xorBytes(data, mask);
+        data.set(aesEcb(dataKey, enc, data));
+        xorBytes(data, mask);
+        break;
+      }
+      case 'ctr': {
+        const counters = new Uint8Array(data.length);
+        const ivs = sectorIvs(sector, count);
+        for (let i = 0; i < count; i++) {
+          counters.set(ivs.subarray(i * 16, i * 16 + 16), i * SECTOR_SIZE);
+          for (let o = i * SECTOR_SIZE + 16; o < (i + 1) * SECTOR_SIZE; o += 16) {
+            counters.copyWithin(o, o - 16, o);
+            increment(counters, o);
+          }
+        }
+        xorBytes(data, aesEcb(dataKey, true, counters));
+        break;
+      }
+      case 'cbc': {
+        const ivs = sectorIvs(sector, count);
+        if (enc) {
+          for (let i = 0; i < count; i++) {
+            const c = createCipheriv(`aes-${bits}-cbc`, dataKey, ivs.subarray(i * 16, i * 16 + 16));
+            c.setAutoPadding(false);
+            data.set(c.update(data.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE)), i * SECTOR_SIZE);
+          }
+        } else {
+          // Each block's chaining value: the sector IV, then the previous ciphertext block.
+          const chain = new Uint8Array(data.length);
+          for (let i = 0; i < count; i++) {
+            const o = i * SECTOR_SIZE;
+            chain.set(ivs.subarray(i * 16, i * 16 + 16), o);
+            chain.set(data.subarray(o, o + SECTOR_SIZE - 16), o + 16);
+          }
+          data.set(aesEcb(dataKey, false, data));
+          xorBytes(data, chain);
+        }
+        break;
+      }
+    }
+    return Promise.resolve();
+  };
+  return { sectorSize: SECTOR_SIZE, encrypt: (s, d) => run(s, d, true), decrypt: (s, d) => run(s, d, false) };
+}
+
 /** Big-endian increment of a `bs`-byte counter at `o`, as CTR mode steps it. */
-function increment(c: Uint8Array, o: number, bs: number): void {
+function incrementBlock(c: Uint8Array, o: number, bs: number): void {
   for (let i = o + bs - 1; i >= o; i--) {
     c[i] = (c[i]! + 1) & 0xff;
     if (c[i] !== 0) return;
@@ -131,14 +305,14 @@ function openSslCipher(alg: CipherAlg): OpenSslCipher {
 }
 
 /**
- * Sectors through OpenSSL (AES, and CAST5 with the legacy provider). Each
+ * CAST5 sectors through OpenSSL (its legacy provider), the generic way. Each
  * sector has its own IV, so rather than one cipher context per sector, every
  * mode but CBC encryption is expressed as one bulk ECB pass plus XORs
  * computed here: XTS masks each block with its tweak, CTR XORs an
  * ECB-encrypted counter stream, CBC decryption XORs the previous ciphertext
  * block. CBC encryption is sequential and goes sector by sector.
  */
-function nodeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
+function legacySectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
   checkCipherKey(spec, key);
   const names = openSslCipher(spec.alg);
   const bs = names.blockSize;
@@ -179,7 +353,7 @@ function nodeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
           counters.set(ivs.subarray(i * bs, i * bs + bs), i * SECTOR_SIZE);
           for (let o = i * SECTOR_SIZE + bs; o < (i + 1) * SECTOR_SIZE; o += bs) {
             counters.copyWithin(o, o - bs, o);
-            increment(counters, o, bs);
+            incrementBlock(counters, o, bs);
           }
         }
         xorBytes(data, ecb(dataKey, true, counters));
@@ -225,10 +399,10 @@ export const nodeCrypto: CryptoProvider = {
   },
   sectorCipher(spec, key) {
     const family = cipherFamily(spec.alg);
-    if (family === 'aes' && nodeCiphers.has(`aes-${cipherAlgKeyLength(spec.alg) * 8}-ecb`)) return nodeSectorCipher(spec, key);
+    if (family === 'aes' && nodeCiphers.has(`aes-${cipherAlgKeyLength(spec.alg) * 8}-ecb`)) return nodeAesSectorCipher(spec, key);
     if (family === 'cast5') {
       requireCast5();
-      return nodeSectorCipher(spec, key);
+      return legacySectorCipher(spec, key);
     }
     return blockSectorCipher(spec, key, portableBlockCipher, digest);
   },

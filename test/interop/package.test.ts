@@ -191,6 +191,8 @@ describe('the packed package', { skip: missing.length ? `needs ${missing.join(',
       'CHANGELOG.md',
       'native/ofdlock/binding.gyp',
       'native/ofdlock/ofdlock.c',
+      'native/sectorcrypto/binding.gyp',
+      'native/sectorcrypto/sectorcrypto.c',
       ...sources.flatMap((s) => [`dist/${s}.js`, `dist/${s}.d.ts`]),
     ]);
     const extra = listed.filter((f) => !allowed.has(f));
@@ -208,6 +210,7 @@ describe('the packed package', { skip: missing.length ? `needs ${missing.join(',
     const { project } = installed;
     const qimgDir = join(project, 'node_modules', 'qimg');
     assert.ok(existsSync(join(qimgDir, 'native/ofdlock/build/Release/ofdlock.node')), 'the install script built native/ofdlock');
+    assert.ok(existsSync(join(qimgDir, 'native/sectorcrypto/build/Release/sectorcrypto.node')), 'the install script built native/sectorcrypto');
 
     // zstd through the installed CLI: it needs zstd-napi's binding; qemu-img reads the result.
     const dir = join(project, 'zstd');
