@@ -50,6 +50,9 @@ export function runCase(name: string, path: string, format: Format, toolset: Too
   const sockDir = join(scratch, 's');
   mkdirSync(testDir);
   mkdirSync(sockDir);
+  // A diff from an earlier run must not outlive a pass.
+  const keep = join(o.resultDir, toolset, format);
+  for (const f of [`${name}.out.bad`, `${name}.diff`]) rmSync(join(keep, f), { force: true });
   const t0 = Date.now();
   const env = {
     ...process.env,
@@ -97,7 +100,6 @@ export function runCase(name: string, path: string, format: Format, toolset: Too
       }
       let diffFile: string | undefined;
       if ((status === 'fail' || status === 'timeout') && existsSync(bad)) {
-        const keep = join(o.resultDir, toolset, format);
         mkdirSync(keep, { recursive: true });
         copyFileSync(bad, join(keep, `${name}.out.bad`));
         diffFile = join(keep, `${name}.diff`);
