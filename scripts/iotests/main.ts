@@ -5,7 +5,7 @@
  *   --fast              the CI subset (see FAST in select.ts); exit 1 unless all pass with qimg
  *   --tests a,b         only these tests
  *   --formats f,g       only these formats (qcow2, qed, raw)
- *   --tools real|qimg   only one toolset
+ *   --tools real|qimg|img-only  only one toolset (img-only: qimg as qemu-img, the real qemu-io)
  *   --jobs N            cases run at once (default 2)
  *   --timeout S         seconds per case (default 300)
  *   --no-docs           do not rewrite docs/iotests.md
@@ -71,7 +71,7 @@ async function main(): Promise<number> {
   const wantTests = values.tests?.split(',');
   const wantFormats = (values.formats?.split(',') ?? FORMATS) as Format[];
   const toolsets: Toolset[] = values.tools ? [values.tools as Toolset] : ['real', 'qimg'];
-  const tools: Record<Toolset, Tools | undefined> = { real: undefined, qimg: undefined };
+  const tools: Partial<Record<Toolset, Tools>> = {};
   for (const t of toolsets) tools[t] = prepareTools(t);
 
   let cases: Array<{ name: string; path: string; format: Format }> = [];
@@ -100,7 +100,7 @@ async function main(): Promise<number> {
   });
   const full = !values.fast && !wantTests && !values.formats;
   if (full) for (const t of toolsets) writeFileSync(join(resultDir, `results-${t}.json`), JSON.stringify({ version, results: results.filter((r) => r.toolset === t) }, null, 2) + '\n');
-  const others = (['real', 'qimg'] as Toolset[]).filter((t) => !toolsets.includes(t));
+  const others = (['real', 'qimg'] as Toolset[]).filter((t) => !toolsets.includes(t) && !(t === 'qimg' && toolsets.includes('img-only')));
   for (const t of others) {
     const file = join(resultDir, `results-${t}.json`);
     if (!full || !existsSync(file)) continue;
@@ -116,7 +116,7 @@ async function main(): Promise<number> {
   writeFileSync(join(resultDir, jsonName), JSON.stringify({ info, summary: summary(rows), rows, excluded }, null, 2) + '\n');
   log(`results: ${join(resultDir, jsonName)}\n`);
   // Only a full run of both toolsets describes the suite; partial runs leave the doc alone.
-  if (full && complete && !values['no-docs']) {
+  if (full && complete && !values['no-docs'] && !toolsets.includes('img-only')) {
     const doc = join(REPO_ROOT, 'docs', 'iotests.md');
     writeFileSync(doc, markdown(rows, info, excluded, keptCauses(doc)));
     log(`wrote ${doc}\n`);

@@ -25,7 +25,8 @@ export function rowsOf(results: CaseResult[]): Row[] {
   for (const r of results) {
     const key = `${r.test}\0${r.format}`;
     const row = byKey.get(key) ?? { test: r.test, format: r.format };
-    row[r.toolset] = r;
+    // img-only runs show in the qimg column (a run has one or the other).
+    row[r.toolset === 'real' ? 'real' : 'qimg'] = r;
     byKey.set(key, row);
   }
   return [...byKey.values()].sort((a, b) => a.test.localeCompare(b.test) || a.format.localeCompare(b.format));

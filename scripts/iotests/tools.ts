@@ -10,7 +10,11 @@ import { chmodSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } 
 import { join } from 'node:path';
 import { CACHE_DIR, QIMG_MAIN } from './paths.js';
 
-export type Toolset = 'real' | 'qimg';
+/**
+ * real: QEMU's tools; qimg: qimg as both; img-only (a diagnostic): qimg as
+ * qemu-img with the real qemu-io, which isolates the qemu-img subcommands.
+ */
+export type Toolset = 'real' | 'qimg' | 'img-only';
 
 export interface Tools {
   QEMU_PROG: string;
@@ -58,15 +62,12 @@ function script(text: string, path: string): void {
 export function prepareTools(set: Toolset): Tools {
   const binDir = join(CACHE_DIR, 'bin', set);
   mkdirSync(binDir, { recursive: true });
-  if (set === 'qimg') {
+  if (set !== 'real') {
     if (!existsSync(QIMG_MAIN)) throw new Error(`${QIMG_MAIN} missing: run npm run build`);
     chmodSync(QIMG_MAIN, 0o755);
-    link(QIMG_MAIN, join(binDir, 'qemu-img'));
-    link(QIMG_MAIN, join(binDir, 'qemu-io'));
-  } else {
-    link(which('qemu-img'), join(binDir, 'qemu-img'));
-    link(which('qemu-io'), join(binDir, 'qemu-io'));
   }
+  link(set === 'real' ? which('qemu-img') : QIMG_MAIN, join(binDir, 'qemu-img'));
+  link(set === 'qimg' ? QIMG_MAIN : which('qemu-io'), join(binDir, 'qemu-io'));
   link(which('qemu-nbd'), join(binDir, 'qemu-nbd'));
   script(QEMU_STUB, join(binDir, 'qemu-system-x86_64'));
   script(QSD_STUB, join(binDir, 'qemu-storage-daemon'));
