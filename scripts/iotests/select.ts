@@ -79,4 +79,15 @@ export function selectTests(dir: string): { selected: TestCase[]; excluded: Excl
  * The --fast subset: tests that pass with qimg and run in seconds, one or
  * two formats each, so CI covers the harness end to end.
  */
-export const FAST: ReadonlyArray<[string, Format]> = [];
+export const FAST: ReadonlyArray<[string, Format]> = [
+  ['001', 'raw'],
+  ['005', 'qcow2'],
+  ['005', 'qed'],
+  ['009', 'qcow2'],
+  ['010', 'qcow2'],
+  ['012', 'qcow2'],
+  ['012', 'raw'],
+  ['121', 'qcow2'],
+  ['134', 'qcow2'],
+  ['138', 'qcow2'],
+];

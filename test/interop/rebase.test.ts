@@ -30,6 +30,15 @@ qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2; qemu-io -c 'write -
 qemu-img convert -O raw top.qcow2 top.qcow2.expected
 `;
 
+// A middle layer shorter than the layers around it: past its end it reads
+// zeroes, hiding what its own backing file holds there.
+const SHORT_MIDDLE = `
+qemu-img create -q -f qcow2 base.qcow2 320k; qemu-io -c 'write -P 0x11 0 320k' base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 256k; qemu-io -c 'write -P 0x22 0 256k' mid.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 320k
+qemu-img convert -O raw top.qcow2 top.qcow2.expected
+`;
+
 /** The rebased image reads as it did before (safe mode), in both directories. */
 function assertContentKept(dir: string, img: string): void {
   const r = qemuImg(['compare', '-U', img, `${img}.expected`], { cwd: dir });
@@ -49,6 +58,7 @@ const safeCases: Array<{ name: string; setup: string; args: string[]; img: strin
   { name: 'chain of three, progress', setup: CHAIN, args: ['-p', '-b', 'base.qcow2', '-F', 'qcow2'], img: 'top.qcow2' },
   { name: 'progress over a larger image', setup: TWO_BACKINGS, args: ['-p', '-b', 'nb.qcow2', '-F', 'qcow2'], img: 'v2.qcow2' },
   { name: 'chain of three flattened', setup: CHAIN, args: ['-b', ''], img: 'top.qcow2' },
+  { name: 'onto the base below a shorter middle layer', setup: SHORT_MIDDLE, args: ['-b', 'base.qcow2', '-F', 'qcow2'], img: 'top.qcow2' },
 ];
 
 for (const c of safeCases) {
