@@ -6,9 +6,9 @@
  * start: a system emulator and the storage daemon.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CACHE_DIR, QIMG_MAIN } from './paths.js';
+import { CACHE_DIR, QIMG_MAIN, REPO_ROOT } from './paths.js';
 
 /**
  * real: QEMU's tools; qimg: qimg as both; img-only (a diagnostic): qimg as
@@ -62,12 +62,22 @@ function script(text: string, path: string): void {
 export function prepareTools(set: Toolset): Tools {
   const binDir = join(CACHE_DIR, 'bin', set);
   mkdirSync(binDir, { recursive: true });
+  let qimgMain = QIMG_MAIN;
   if (set !== 'real') {
     if (!existsSync(QIMG_MAIN)) throw new Error(`${QIMG_MAIN} missing: run npm run build`);
-    chmodSync(QIMG_MAIN, 0o755);
+    // A copy of the build, so a rebuild while the suite runs cannot change what it runs.
+    // Inside the repository, so the copy still finds node_modules.
+    const snapshot = join(CACHE_DIR, 'build', set);
+    rmSync(snapshot, { recursive: true, force: true });
+    cpSync(join(REPO_ROOT, 'dist'), join(snapshot, 'dist'), { recursive: true });
+    copyFileSync(join(REPO_ROOT, 'package.json'), join(snapshot, 'package.json'));
+    // The native addon (locks, fallocate) is found next to dist/.
+    if (existsSync(join(REPO_ROOT, 'native'))) symlinkSync(join(REPO_ROOT, 'native'), join(snapshot, 'native'));
+    qimgMain = join(snapshot, 'dist', 'cli', 'main.js');
+    chmodSync(qimgMain, 0o755);
   }
-  link(set === 'real' ? which('qemu-img') : QIMG_MAIN, join(binDir, 'qemu-img'));
-  link(set === 'qimg' ? QIMG_MAIN : which('qemu-io'), join(binDir, 'qemu-io'));
+  link(set === 'real' ? which('qemu-img') : qimgMain, join(binDir, 'qemu-img'));
+  link(set === 'qimg' ? qimgMain : which('qemu-io'), join(binDir, 'qemu-io'));
   link(which('qemu-nbd'), join(binDir, 'qemu-nbd'));
   script(QEMU_STUB, join(binDir, 'qemu-system-x86_64'));
   script(QSD_STUB, join(binDir, 'qemu-storage-daemon'));
