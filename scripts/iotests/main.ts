@@ -9,6 +9,7 @@
  *   --jobs N            cases run at once (default 2)
  *   --timeout S         seconds per case (default 300)
  *   --no-docs           do not rewrite docs/iotests.md
+ *   --report-only       run nothing: rewrite docs/iotests.md from the kept results
  *
  * Each toolset's results are kept (results-<tools>.json); a run of one
  * toolset takes the other's column from its last full run, so the real
@@ -34,6 +35,7 @@ const { values } = parseArgs({
     jobs: { type: 'string', default: '2' },
     timeout: { type: 'string', default: '300' },
     'no-docs': { type: 'boolean', default: false },
+    'report-only': { type: 'boolean', default: false },
   },
 });
 
@@ -64,13 +66,15 @@ async function pool<T>(items: T[], jobs: number, work: (item: T) => Promise<void
 }
 
 async function main(): Promise<number> {
-  const build = spawnSync('npm', ['run', '-s', 'build'], { cwd: REPO_ROOT, stdio: 'inherit' });
-  if (build.status !== 0) return 1;
+  if (!values['report-only']) {
+    const build = spawnSync('npm', ['run', '-s', 'build'], { cwd: REPO_ROOT, stdio: 'inherit' });
+    if (build.status !== 0) return 1;
+  }
   const { dir, version } = ensureSuite(log);
   const { selected, excluded } = selectTests(dir);
   const wantTests = values.tests?.split(',');
   const wantFormats = (values.formats?.split(',') ?? FORMATS) as Format[];
-  const toolsets: Toolset[] = values.tools ? [values.tools as Toolset] : ['real', 'qimg'];
+  const toolsets: Toolset[] = values['report-only'] ? [] : values.tools ? [values.tools as Toolset] : ['real', 'qimg'];
   const tools: Partial<Record<Toolset, Tools>> = {};
   for (const t of toolsets) tools[t] = prepareTools(t);
 
@@ -99,6 +103,7 @@ async function main(): Promise<number> {
     log(`[${done}/${jobs.length}] ${j.toolset.padEnd(4)} ${j.format.padEnd(5)} ${j.name.padEnd(28)} ${r.status} (${r.seconds.toFixed(1)} s)\n`);
   });
   const full = !values.fast && !wantTests && !values.formats;
+  if (values['report-only']) results.length = 0;
   if (full) for (const t of toolsets) writeFileSync(join(resultDir, `results-${t}.json`), JSON.stringify({ version, results: results.filter((r) => r.toolset === t) }, null, 2) + '\n');
   const others = (['real', 'qimg'] as Toolset[]).filter((t) => !toolsets.includes(t) && !(t === 'qimg' && toolsets.includes('img-only')));
   for (const t of others) {
@@ -116,7 +121,7 @@ async function main(): Promise<number> {
   writeFileSync(join(resultDir, jsonName), JSON.stringify({ info, summary: summary(rows), rows, excluded }, null, 2) + '\n');
   log(`results: ${join(resultDir, jsonName)}\n`);
   // Only a full run of both toolsets describes the suite; partial runs leave the doc alone.
-  if (full && complete && !values['no-docs'] && !toolsets.includes('img-only')) {
+  if (full && (complete || values['report-only']) && !values['no-docs'] && !toolsets.includes('img-only')) {
     const doc = join(REPO_ROOT, 'docs', 'iotests.md');
     writeFileSync(doc, markdown(rows, info, excluded, keptCauses(doc)));
     log(`wrote ${doc}\n`);

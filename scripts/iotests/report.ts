@@ -1,4 +1,5 @@
 /** The run's results as a terminal table, markdown (docs/iotests.md) and JSON. */
+import { classify } from './classify.js';
 import type { CaseResult, Status } from './run-case.js';
 import type { Excluded, Format } from './select.js';
 
@@ -53,6 +54,24 @@ export function textTable(rows: Row[]): string {
   return lines.join('\n') + '\n';
 }
 
+/** The pairs that pass with the real tools but not with qimg, grouped by their guessed cause, largest group first. */
+export function failuresByCause(rows: Row[]): string {
+  const groups = new Map<string, { area: string; cases: string[] }>();
+  for (const r of rows) {
+    if (r.real?.status !== 'pass' || !r.qimg || r.qimg.status === 'pass') continue;
+    const c = classify(r.qimg);
+    const g = groups.get(c.cause) ?? { area: c.area, cases: [] };
+    g.cases.push(`${r.test} ${r.format}`);
+    groups.set(c.cause, g);
+  }
+  const sorted = [...groups].sort((a, b) => b[1].cases.length - a[1].cases.length);
+  return [
+    '| cases | cause (first guess from the diff) | area | test/format |',
+    '|---:|---|---|---|',
+    ...sorted.map(([cause, g]) => `| ${g.cases.length} | ${cause} | ${g.area} | ${g.cases.join(', ')} |`),
+  ].join('\n');
+}
+
 export function markdown(rows: Row[], info: RunInfo, excluded: Excluded[], causes: string): string {
   const s = summary(rows);
   const mark = (r?: CaseResult): string => (r === undefined ? '' : r.status === 'pass' ? 'pass' : r.status === 'notrun' ? 'not run' : `**${r.status}**`);
@@ -90,6 +109,13 @@ export function markdown(rows: Row[], info: RunInfo, excluded: Excluded[], cause
     `| qimg | ${s.qimg.pass} | ${s.qimg.fail} | ${s.qimg.timeout} | ${s.qimg.notrun} |`,
     '',
     `Of the ${s.real.pass} test/format pairs that pass with the real tools, qimg passes ${s.bothPass}.`,
+    '',
+    '## Failures by cause',
+    '',
+    'Pairs that pass with the real tools and not with qimg. The cause is the first rule that matches the',
+    'diff (scripts/iotests/classify.ts), so a test that fails for two reasons shows only the first.',
+    '',
+    failuresByCause(rows),
     '',
     causes,
     '## Results',
