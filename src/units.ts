@@ -55,7 +55,7 @@ export function parseSize(text: string, defaultSuffix = 'B'): number | undefined
   const isHex = /^0[xX]/.test(num);
   if (isHex && suffix === '' && num.length > 2 + 13) return undefined;
   const value = isHex ? parseInt(num, 16) : Number(num);
-  if (!isHex && num.includes('.') && mul === 1) return undefined; // a fraction needs a unit
+  if (!isHex && mul === 1 && !Number.isInteger(value)) return undefined; // a fraction (1.5, not 1024.0) needs a unit
   const bytes = Math.floor(value * mul);
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }

@@ -6,8 +6,10 @@ import type { ImageFormat } from '../node.js';
 import { UsageError } from './options.js';
 import { toFixedC } from './format.js';
 import { strerror } from '../node.js';
+import { personalityOf, type Personality } from './personality.js';
 
-export const PROG = 'qimg';
+/** The name qimg speaks as: qimg, or qemu-img/qemu-io/qemu-nbd when started through a link of that name. */
+export const PROG: Personality = personalityOf(process.argv[1]);
 
 /** A failure to report as `qimg: <message>` with an exit code. */
 export class CliError extends Error {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * The qimg command: qemu-img's subcommands plus `io` (qemu-io's commands).
- * Every failure is one `qimg: <message>` on stderr and qemu-img's exit code.
+ * Every failure is one `qimg: <message>` on stderr (or qemu-img:/qemu-io: when started
+ * through a link of that name, see personality.ts) and qemu-img's exit code.
  */
 import { readFileSync } from 'node:fs';
 import { onLockWarning } from '../node.js';
@@ -25,6 +26,7 @@ import { cmdIo } from './io/io.js';
 import { rerunWithLegacyProvider, shouldRerun, watchOutput } from './legacy-provider.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
+import { QEMU_IMG_COMMAND_ORDER, QEMU_IO_HELP, QEMU_NBD_HELP, qemuImgHelp, splitQemuIoArgs, versionText } from './personality.js';
 
 type Handler = (args: string[]) => Promise<number>;
 
@@ -82,6 +84,7 @@ export function version(): string {
 }
 
 function help(): string {
+  if (PROG === 'qemu-img') return qemuImgHelp(version(), QEMU_IMG_COMMAND_ORDER.map((n) => COMMANDS[n]!.syntax));
   return (
     `${PROG} version ${version()}\n` +
     `usage: ${PROG} [standard options] command [command options]\n` +
@@ -119,7 +122,7 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (o.key === 'V') {
-        out(`${PROG} version ${version()}\n`);
+        out(versionText(PROG, version()));
         return 0;
       }
       if (o.key === 'T') {
@@ -130,25 +133,74 @@ export async function main(argv: string[]): Promise<number> {
     }
     const name = operands[0];
     if (name === undefined) throw new UsageError('Not enough arguments');
-    const cmd = Object.prototype.hasOwnProperty.call(COMMANDS, name) ? COMMANDS[name] : undefined;
+    // As qemu-img, only qemu-img's commands exist (qemu-io's commands are the qemu-io program's).
+    const known = Object.prototype.hasOwnProperty.call(COMMANDS, name) && (PROG !== 'qemu-img' || QEMU_IMG_COMMAND_ORDER.includes(name));
+    const cmd = known ? COMMANDS[name] : undefined;
     if (!cmd) throw new UsageError(`Command not found: ${name}`);
     return await cmd.run(operands.slice(1));
   } catch (e) {
     // CAST5 needs OpenSSL's legacy provider: run again with it, as if it had always been on.
     if (shouldRerun(e)) return await rerunWithLegacyProvider();
-    if (process.env.QIMG_DEBUG === '1' && e instanceof Error) err(`${e.stack}\n`);
-    if (e instanceof UsageError) {
-      err(`${PROG}: ${e.message}\n`);
-      if (e.hint) err(`Try '${PROG} --help' for more information\n`);
-      return 1;
-    }
-    if (e instanceof CliError) {
-      err(`${PROG}: ${e.message}\n`);
-      return e.exitCode;
-    }
-    err(`${PROG}: ${e instanceof Error ? e.message : String(e)}\n`);
+    return reportError(e);
+  }
+}
+
+/** One `PROG: message` line for a failure, and the exit code it means. */
+function reportError(e: unknown): number {
+  if (process.env.QIMG_DEBUG === '1' && e instanceof Error) err(`${e.stack}\n`);
+  if (e instanceof UsageError) {
+    err(`${PROG}: ${e.message}\n`);
+    if (PROG === 'qemu-io') out(QEMU_IO_HELP); // qemu-io follows a bad option with its usage
+    else if (e.hint) err(`Try '${PROG} --help' for more information\n`);
     return 1;
   }
+  if (e instanceof CliError) {
+    err(`${PROG}: ${e.message}\n`);
+    return e.exitCode;
+  }
+  err(`${PROG}: ${e instanceof Error ? e.message : String(e)}\n`);
+  return 1;
+}
+
+/** Started as qemu-io: qemu-io's top-level options, then `qimg io`. */
+export async function qemuIoMain(argv: string[]): Promise<number> {
+  onLockWarning((message) => err(`${PROG}: warning: ${message}\n`));
+  try {
+    const split = splitQemuIoArgs(argv);
+    if (split.help) {
+      out(QEMU_IO_HELP);
+      return 0;
+    }
+    if (split.version) {
+      out(versionText(PROG, version()));
+      return 0;
+    }
+    if (split.badAio !== undefined) throw new CliError(`Invalid aio option: ${split.badAio}`);
+    return await cmdIo(split.args);
+  } catch (e) {
+    if (shouldRerun(e)) return await rerunWithLegacyProvider();
+    return reportError(e);
+  }
+}
+
+/** Started as qemu-nbd: qimg has no NBD server here, so only --help and --version answer. */
+export function qemuNbdMain(argv: string[]): number {
+  if (argv.includes('-h') || argv.includes('--help')) {
+    out(QEMU_NBD_HELP);
+    return 0;
+  }
+  if (argv.includes('-V') || argv.includes('--version')) {
+    out(versionText(PROG, version()));
+    return 0;
+  }
+  err(`${PROG}: serving images over NBD is not available in this qimg\n`);
+  return 1;
+}
+
+function entry(argv: string[]): Promise<number> {
+  if (PROG === 'qemu-io') return qemuIoMain(argv);
+  if (PROG === 'qemu-nbd') return Promise.resolve(qemuNbdMain(argv));
+  return main(argv);
 }
 
 // A closed pipe (qimg ... | head) is not an error worth a stack trace.
@@ -156,8 +208,7 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
 });
 
-watchOutput();
-main(process.argv.slice(2)).then(
+entry(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },

@@ -15,11 +15,20 @@ import { nodeCodecs } from '../io/codecs.js';
 import { nodeCrypto } from '../io/crypto.js';
 import { FileStorage } from '../io/file.js';
 
-/** qemu's path_combine: a relative backing name is relative to the image's directory. */
+/** A `proto:` prefix: a colon before any slash (so `./a:b` and `dir/a:b` are plain paths). */
+export function hasProtocolPrefix(name: string): boolean {
+  const m = /[:/]/.exec(name);
+  return m?.[0] === ':';
+}
+
+/**
+ * qemu's path_combine: a relative backing name is relative to the image's
+ * directory, joined as text (`dir/./b` stays so; qemu prints it that way).
+ */
 export function resolveImplicitPath(imagePath: string, name: string): string {
-  if (isAbsolute(name) || name.includes(':')) return name;
-  const dir = dirname(imagePath);
-  return dir === '.' && !imagePath.startsWith('./') ? name : join(dir, name);
+  if (isAbsolute(name) || hasProtocolPrefix(name)) return name;
+  const slash = imagePath.lastIndexOf('/');
+  return slash < 0 ? name : imagePath.slice(0, slash + 1) + name;
 }
 
 /** Create (or truncate) a file for a new image, with qemu's message when that fails. */

@@ -12,6 +12,7 @@ import { throwIfAborted, type OperationOptions } from '../ops/operation.js';
 import { rebaseImage } from '../ops/rebase.js';
 import { probedRawWarning } from './check.js';
 import { nodeHost, resolveImplicitPath } from './host.js';
+import { isQemuDriverName } from './qemu-drivers.js';
 import { imageAccess, openImageFile, type ImageAccessOptions } from './open.js';
 import { couldNotOpen, namedFormat, prefixedError } from './errors.js';
 
@@ -45,7 +46,9 @@ export interface RebaseFileOptions extends OperationOptions, ImageAccessOptions 
  */
 export async function rebaseImageFile(path: string, backingFile: string, opts: RebaseFileOptions = {}): Promise<void> {
   throwIfAborted(opts.signal);
-  if (opts.backingFormat !== undefined && !findFormat(opts.backingFormat)) {
+  // Unsafe mode only records the format, so any driver qemu knows will do (iotest 031: host_device).
+  const recordable = (f: string): boolean => findFormat(f) !== undefined || (opts.unsafe === true && isQemuDriverName(f));
+  if (opts.backingFormat !== undefined && !recordable(opts.backingFormat)) {
     throw new ImageError('bad-argument', `Invalid format name: '${opts.backingFormat}'`);
   }
   if (parseCacheMode(opts.sourceCache ?? 'writeback') === undefined) throw new ImageError('bad-argument', `Invalid source cache option: ${opts.sourceCache}`);

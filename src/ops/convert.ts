@@ -166,7 +166,8 @@ async function workBytes(sources: readonly Image[], fullyAllocate: boolean, topO
 export async function convertImages(sources: readonly Image[], target: ConvertTarget, opts: ConvertOptions = {}): Promise<void> {
   const sparse = opts.sparseSize ?? 4096;
   const parallel = Math.max(1, opts.parallel ?? 8);
-  const chunkSize = Math.max(sparse, opts.chunkSize ?? 512 * 1024);
+  // qemu-img convert's IO_BUF_SIZE: its -p meter advances once per chunk of up to 2 MiB.
+  const chunkSize = Math.max(sparse, opts.chunkSize ?? 2 * 1024 * 1024);
   const topOnly = opts.targetHasBacking ?? false;
   // A target with a backing file does not read as zero where nothing is written.
   const targetIsZero = (opts.targetIsZero ?? true) && !topOnly;

@@ -66,12 +66,13 @@ function inChain(image: Image, layer: Image): boolean {
 
 /**
  * Whether [offset, offset + n) is allocated in some layer from `from` down
- * to (not including) `base`, and how long that answer holds.
+ * to (not including) `base`, and how long that answer holds. Past a layer's
+ * end counts as allocated: the layer reads zeroes there, whatever lies below.
  */
 async function allocatedAbove(from: Image | null, base: Image, offset: number, n: number): Promise<{ allocated: boolean; length: number }> {
   let length = n;
   for (let layer = from; layer && layer !== base; layer = layer.backing) {
-    if (offset >= layer.size) continue;
+    if (offset >= layer.size) return { allocated: true, length };
     const st = await layer.layerStatus(offset, Math.min(length, layer.size - offset));
     if (st.allocated) return { allocated: true, length: st.length };
     length = Math.min(length, st.length);

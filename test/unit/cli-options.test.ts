@@ -56,3 +56,11 @@ test('sizes with qemu suffixes', () => {
   assert.equal(parseSize('abc'), undefined);
   assert.equal(parseSize(''), undefined);
 });
+
+test('a fraction without a unit is refused only when it is not zero (qemu_strtosz)', () => {
+  assert.equal(parseSize('1024.0'), 1024);
+  assert.equal(parseSize('1024.0b'), 1024);
+  assert.equal(parseSize('1.5'), undefined);
+  assert.equal(parseSize('1.5b'), undefined);
+  assert.equal(parseSize('1.5M'), 1.5 * 1024 * 1024);
+});

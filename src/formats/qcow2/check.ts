@@ -25,6 +25,7 @@ import {
 } from './check-refs.js';
 import { checkExitCode, emptyCounts, type CheckCounts, type CheckResult } from '../../block/check.js';
 import { rebuildRefcountStructure } from './repair.js';
+import { clearUnknownAutoclearBits } from './autoclear-open.js';
 
 export type { FixMode } from './check-refs.js';
 export type { CheckCounts } from '../../block/check.js';
@@ -364,6 +365,8 @@ export async function checkQcow2(storage: Storage, opts: CheckOptions): Promise<
  * counts are reported with the first pass's *Fixed numbers.
  */
 export async function checkQcow2File(storage: Storage, fix: FixMode = 'none'): Promise<CheckResult & { report: CheckReport }> {
+  // -r opens the image read-write, and that open alone clears unknown autoclear bits.
+  if (fix !== 'none') await clearUnknownAutoclearBits(storage);
   const first = await checkQcow2(storage, { fix });
   let report = first;
   let repaired: CheckResult['repaired'];
