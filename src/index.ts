@@ -186,3 +186,7 @@ export { parseOpenTarget, openTargetFromOptions, type OpenTarget, type LockingMo
 export { lookupSecret, requireEncryptionKey, secretBytes, type SecretMap } from './block/secrets.js';
 // amend LUKS key slots: a passphrase or how to get it, for amendLuksSlots
 export type { LuksSecretSource } from './crypto/luks-amend.js';
+
+// qemu-io: filename syntaxes (json:, file:) and open options (copy-on-read, discard)
+export { parseImageFilename, jsonFilenameOptions, isSyntacticFilename } from './block/open-target.js';
+export type { DiscardMode } from './block/open.js';

@@ -75,13 +75,21 @@ export class BlockImage implements Image {
   readonly backing: Image | null;
   /** The backing name exactly as recorded, and how it resolved (for info). */
   readonly backingPath: string | undefined;
+  private readonly copyOnRead: boolean;
+  private readonly discardIgnored: boolean;
 
   constructor(opts: {
     driver: FormatDriver;
     filename: string;
     backing: Image | null;
     backingPath?: string;
+    /** Data read from the backing chain is written into this layer (qemu's copy-on-read). */
+    copyOnRead?: boolean;
+    /** 'ignore': discard does nothing and zero writes never unmap (qemu's discard=ignore). */
+    discard?: 'ignore' | 'unmap';
   }) {
+    this.copyOnRead = opts.copyOnRead ?? false;
+    this.discardIgnored = opts.discard === 'ignore';
     this.driver = opts.driver;
     this.format = opts.driver.format;
     this.filename = opts.filename;
@@ -160,7 +168,9 @@ export class BlockImage implements Image {
     return buf;
   }
 
-  private async zeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+  private async zeroes(offset: number, length: number, mayUnmapAsked: boolean): Promise<void> {
+    // discard=ignore takes unmapping away from zero writes too, as qemu's missing BDRV_O_UNMAP does.
+    const mayUnmap = mayUnmapAsked && !this.discardIgnored;
     if (this.driver.writeZeroes) return this.driver.writeZeroes(offset, length, { mayUnmap });
     // No native zeroing: write explicit zeros, a bounded buffer at a time.
     const write = this.writer();
@@ -174,6 +184,7 @@ export class BlockImage implements Image {
   async discard(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     if (!this.driver.writable) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    if (this.discardIgnored) return;
     // Discard is advisory: with a request alignment only the whole sectors inside the range go.
     const a = this.alignment;
     const start = alignUp(offset, a);
@@ -196,6 +207,7 @@ export class BlockImage implements Image {
           break;
         case 'unallocated':
           await this.readBacking(offset + pos, part);
+          if (this.copyOnRead) await this.copyUp(offset + pos, part);
           break;
         case 'compressed':
           if (!this.driver.readCompressed) throw new ImageError('unsupported', 'compressed data without a decompressor');
@@ -203,6 +215,27 @@ export class BlockImage implements Image {
           break;
       }
       pos += m.length;
+    }
+  }
+
+  /**
+   * Copy-on-read: write what the backing chain holds for [offset, +data)
+   * into this layer, where the chain has it allocated (qemu copies nothing
+   * that only reads as zero for lack of any data). The driver fills the rest
+   * of a partly written cluster from the backing file, as for any write.
+   */
+  private async copyUp(offset: number, data: Uint8Array): Promise<void> {
+    const b = this.backing;
+    const a = this.alignment;
+    // A driver with a request alignment takes only whole sectors (a misaligned read copies nothing).
+    if (!b || !this.driver.writable || offset % a !== 0 || data.length % a !== 0) return;
+    const write = this.writer();
+    const end = offset + Math.min(data.length, Math.max(0, b.size - offset));
+    let pos = offset;
+    while (pos < end) {
+      const e = await b.blockStatus(pos, end - pos);
+      if (e.present) await write(pos, data.subarray(pos - offset, pos - offset + e.length));
+      pos += e.length;
     }
   }
 
