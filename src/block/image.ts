@@ -77,6 +77,8 @@ export class BlockImage implements Image {
   readonly backingPath: string | undefined;
   private readonly copyOnRead: boolean;
   private readonly discardIgnored: boolean;
+  /** The driver's cluster size, once copy-on-read has needed it. */
+  private clusterSize: number | undefined;
 
   constructor(opts: {
     driver: FormatDriver;
@@ -85,7 +87,7 @@ export class BlockImage implements Image {
     backingPath?: string;
     /** Data read from the backing chain is written into this layer (qemu's copy-on-read). */
     copyOnRead?: boolean;
-    /** 'ignore': discard does nothing and zero writes never unmap (qemu's discard=ignore). */
+    /** 'ignore': discard does nothing (qemu's discard=ignore; zero writes may still unmap, as there). */
     discard?: 'ignore' | 'unmap';
   }) {
     this.copyOnRead = opts.copyOnRead ?? false;
@@ -168,9 +170,7 @@ export class BlockImage implements Image {
     return buf;
   }
 
-  private async zeroes(offset: number, length: number, mayUnmapAsked: boolean): Promise<void> {
-    // discard=ignore takes unmapping away from zero writes too, as qemu's missing BDRV_O_UNMAP does.
-    const mayUnmap = mayUnmapAsked && !this.discardIgnored;
+  private async zeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     if (this.driver.writeZeroes) return this.driver.writeZeroes(offset, length, { mayUnmap });
     // No native zeroing: write explicit zeros, a bounded buffer at a time.
     const write = this.writer();
@@ -195,6 +195,7 @@ export class BlockImage implements Image {
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkRange(offset, into.length);
     let pos = 0;
+    let copy = false;
     while (pos < into.length) {
       const m = await this.driver.getMapping(offset + pos, into.length - pos);
       const part = into.subarray(pos, pos + m.length);
@@ -207,7 +208,7 @@ export class BlockImage implements Image {
           break;
         case 'unallocated':
           await this.readBacking(offset + pos, part);
-          if (this.copyOnRead) await this.copyUp(offset + pos, part);
+          copy = this.copyOnRead;
           break;
         case 'compressed':
           if (!this.driver.readCompressed) throw new ImageError('unsupported', 'compressed data without a decompressor');
@@ -216,26 +217,31 @@ export class BlockImage implements Image {
       }
       pos += m.length;
     }
+    if (copy) await this.copyUp(offset, into.length);
   }
 
   /**
-   * Copy-on-read: write what the backing chain holds for [offset, +data)
-   * into this layer, where the chain has it allocated (qemu copies nothing
-   * that only reads as zero for lack of any data). The driver fills the rest
-   * of a partly written cluster from the backing file, as for any write.
+   * Copy-on-read, as qemu does it: every cluster the read touched that this
+   * layer does not hold is written here with what the chain below reads
+   * (zeros as a zero write), so the cluster is allocated from then on.
    */
-  private async copyUp(offset: number, data: Uint8Array): Promise<void> {
-    const b = this.backing;
-    const a = this.alignment;
-    // A driver with a request alignment takes only whole sectors (a misaligned read copies nothing).
-    if (!b || !this.driver.writable || offset % a !== 0 || data.length % a !== 0) return;
+  private async copyUp(offset: number, length: number): Promise<void> {
+    if (!this.driver.writable) return;
     const write = this.writer();
-    const end = offset + Math.min(data.length, Math.max(0, b.size - offset));
-    let pos = offset;
+    this.clusterSize ??= (await this.driver.info()).clusterSize ?? 1;
+    const cs = Math.max(this.clusterSize, this.alignment);
+    const step = Math.max(cs, 1 << 20);
+    const end = Math.min(this.size, alignUp(offset + length, cs));
+    let pos = offset - (offset % cs);
     while (pos < end) {
-      const e = await b.blockStatus(pos, end - pos);
-      if (e.present) await write(pos, data.subarray(pos - offset, pos - offset + e.length));
-      pos += e.length;
+      const st = await this.driver.getMapping(pos, Math.min(step, end - pos));
+      if (st.kind === 'unallocated') {
+        const buf = new Uint8Array(st.length);
+        await this.readBacking(pos, buf);
+        if (this.driver.writeZeroes && buf.every((b) => b === 0)) await this.driver.writeZeroes(pos, buf.length, { mayUnmap: false });
+        else await write(pos, buf);
+      }
+      pos += st.length;
     }
   }
 

@@ -133,8 +133,8 @@ export interface OpenOptions {
   copyOnRead?: boolean;
   /**
    * qemu's discard option for the top image: 'unmap' (default) passes
-   * discards and unmapping zero writes to the format; 'ignore' makes
-   * discard do nothing and zero writes keep their space allocated.
+   * discards to the format; 'ignore' makes discard do nothing (zero writes
+   * that may unmap still do, as in qemu).
    */
   discard?: DiscardMode;
 }

@@ -10,6 +10,8 @@ export interface IoSession {
   settings?: OpenSettings;
   /** cache=writethrough/directsync: each write command is flushed before it completes. */
   writethrough: boolean;
+  /** --image-opts: every open's operand is an option string. */
+  imageOpts: boolean;
   /** --object secrets, for every open. */
   secrets: SecretMap;
 }

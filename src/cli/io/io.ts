@@ -131,7 +131,7 @@ export async function cmdIo(args: string[]): Promise<number> {
   }
   if (operands.length > 1) throw new CliError('too many arguments', 1);
   if (st.imageOpts && st.format !== undefined) throw new CliError('--image-opts and -f are mutually exclusive');
-  const session: IoSession = { writethrough: false, secrets: objects.secrets };
+  const session: IoSession = { writethrough: false, imageOpts: st.imageOpts, secrets: objects.secrets };
   if (operands.length === 1) {
     st.name = operands[0]!;
     if (!(await openSession(session, st))) return 1;

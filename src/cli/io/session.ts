@@ -1,9 +1,18 @@
 /** open, close and reopen: the image the other commands work on. */
-import { parseCacheMode, parseOptions } from '../../node.js';
-import { err, messageOf, PROG, probedRawWarning, strerror } from '../common.js';
+import { parseCacheMode, parseImageFilename, parseOptions } from '../../node.js';
+import { err, messageOf, out, PROG, probedRawWarning, strerror } from '../common.js';
 import { cmdGetopt, usage, type Command, type IoSession } from './command.js';
 import { cantOpen, defaultSettings, openWithSettings, parseAioMode, parseDiscardMode, type OpenSettings } from './open-settings.js';
 import { flushesEachWrite } from '../../node.js';
+
+/** A json: filename with a driver key: the format is named, not probed. */
+function namesDriver(name: string): boolean {
+  try {
+    return name.startsWith('json:') && parseImageFilename(name).format !== undefined;
+  } catch {
+    return false;
+  }
+}
 
 /** Open `st` into the session; false after printing why not. */
 export async function openSession(s: IoSession, st: OpenSettings): Promise<boolean> {
@@ -15,7 +24,7 @@ export async function openSession(s: IoSession, st: OpenSettings): Promise<boole
   }
   s.settings = st;
   s.writethrough = flushesEachWrite(st.cache);
-  const probed = st.format === undefined && !st.imageOpts && st.options.length === 0;
+  const probed = st.format === undefined && !st.imageOpts && st.options.length === 0 && st.name !== undefined && !namesDriver(st.name);
   if (!st.readOnly && !st.snapshot && probed && s.img.format === 'raw' && st.name !== undefined) err(probedRawWarning(st.name));
   return true;
 }
@@ -43,10 +52,6 @@ export const openCmd: Command = {
   oneline: 'open the file specified by path',
   global: true,
   async run(s, argv) {
-    if (s.img) {
-      err(`${PROG}: file open already, try 'help close'\n`);
-      return -1;
-    }
     const p = cmdGetopt(argv, 'snCro:ki:t:d:U');
     if (!p) {
       usage(openCmd);
@@ -113,6 +118,16 @@ export const openCmd: Command = {
     if (p.operands.length > 1) {
       usage(openCmd);
       return -22;
+    }
+    // --image-opts holds for every open: the operand is an option string, and -o has no place.
+    st.imageOpts = s.imageOpts;
+    if (st.imageOpts && st.options.length > 0) {
+      out("--image-opts and 'open -o' are mutually exclusive\n");
+      return -22;
+    }
+    if (s.img) {
+      err(`${PROG}: file open already, try 'help close'\n`);
+      return -1;
     }
     st.name = p.operands[0];
     return (await openSession(s, st)) ? 0 : -22;
