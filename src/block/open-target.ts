@@ -60,6 +60,10 @@ export function openTargetFromOptions(opts: ReadonlyMap<string, string>, shortFo
     target.format = parseFormatName(driver);
     if (target.format === undefined) throw new ImageError('unsupported', `Unknown driver '${driver}'`);
   }
+  for (const key of ['driver', 'file.driver']) {
+    const d = opts.get(key);
+    if (d !== undefined && FOREIGN_DRIVERS.includes(d)) refuseForeign(d);
+  }
   const protocol = opts.get('file.driver') ?? 'file';
   if (protocol !== 'file') throw new ImageError('unsupported', `Unknown protocol driver '${protocol}' (qimg opens files only)`);
   const path = opts.get('file.filename');
@@ -86,13 +90,23 @@ function scalar(key: string, v: unknown): string {
   throw new ImageError('bad-argument', `Invalid parameter type for '${key}', expected: string`);
 }
 
-/** Nested objects become dotted keys: {"file":{"filename":"x"}} is file.filename=x. */
-function flatten(obj: Record<string, unknown>, prefix: string, into: Map<string, string>): void {
+/** Nested objects become dotted keys ({"file":{"filename":"x"}} is file.filename=x), list items numbered keys (a.0.b). */
+function flatten(obj: Record<string, unknown> | unknown[], prefix: string, into: Map<string, string>): void {
   for (const [k, v] of Object.entries(obj)) {
     const key = prefix + k;
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) flatten(v as Record<string, unknown>, key + '.', into);
+    if (v !== null && typeof v === 'object') flatten(v as Record<string, unknown>, key + '.', into);
     else into.set(key, scalar(key, v));
   }
+}
+
+/**
+ * Drivers of qemu's that qimg does not have, named in a filename or an
+ * option: refused by name rather than taken for a file called "blkdebug:...".
+ */
+const FOREIGN_DRIVERS = ['blkdebug', 'blkverify', 'nbd', 'null-co', 'null-aio', 'throttle', 'copy-on-read', 'quorum', 'vvfat', 'nvme', 'ssh', 'http', 'https'];
+
+function refuseForeign(driver: string): never {
+  throw new ImageError('unsupported', `The '${driver}' block driver is not supported by qimg`);
 }
 
 /** The options of a `json:{...}` filename, dotted as qemu flattens them. */
@@ -131,8 +145,10 @@ export function parseImageFilename(name: string): OpenTarget {
     return openTargetFromOptions(opts);
   }
   if (name.startsWith('file:')) return { path: name.slice(5), blockOptions: {}, shortForm: [] };
+  const protocol = /^([a-z][a-z-]*):/.exec(name)?.[1];
+  if (protocol !== undefined && FOREIGN_DRIVERS.includes(protocol)) refuseForeign(protocol);
   return { path: name, blockOptions: {}, shortForm: [] };
 }
 
-/** Whether `name` is in a syntax parseImageFilename takes apart (json:, file:). */
-export const isSyntacticFilename = (name: string): boolean => name.startsWith('json:') || name.startsWith('file:');
+/** Whether `name` is in a syntax parseImageFilename takes apart (json:, file:, or a driver prefix it refuses). */
+export const isSyntacticFilename = (name: string): boolean => /^(json|file|blkdebug|blkverify|nbd|null-co|null-aio|throttle|copy-on-read|quorum|vvfat|nvme|ssh|https?):/.test(name);

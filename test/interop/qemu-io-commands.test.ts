@@ -5,8 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { qimgCommand } from '../helpers/cli.js';
 import { maskIoTiming } from '../helpers/normalise.js';
 import { asQemu, qemuImg, qemuIo, qimg, requireTools, tmpDir } from '../helpers/tools.js';
 
@@ -113,6 +115,11 @@ const SESSION = [
   'sigraise x',
   'sigraise 0',
   'open',
+  'open -o driver=raw',
+  // Without a blkdebug node every breakpoint command fails (wait_break is left out: qemu-io waits forever).
+  'break l2_load a',
+  'remove_break a',
+  'resume a',
 ];
 
 for (const fmt of FORMATS) {
@@ -167,4 +174,15 @@ test('the vmstate area (-b) is refused on QED and raw as qemu-io refuses it', (t
   for (const fmt of ['qed', 'raw'] as const) {
     same(fmt, ['-f', fmt, ...cmds(['read -b 0 512', 'write -b 0 512', 'write -b 1 512', 'write -bz 0 512', 'write -b -c 0 512'])]);
   }
+});
+
+test('sigraise kills as qemu-io does: same output before, same signal', (t) => {
+  if (!requireTools(t)) return;
+  const pair = imagePair('qcow2');
+  const list = cmds(['write -P 1 0 4k', 'sigraise 15', 'write -P 2 0 4k']);
+  const q = spawnSync('qemu-io', ['-f', 'qcow2', ...list, pair.name], { ...qDir, encoding: 'utf8' });
+  const i = spawnSync(...qimgCommand(['io', '-f', 'qcow2', ...list, pair.name]), { ...iDir, encoding: 'utf8' });
+  assert.equal(noTiming(i.stdout), noTiming(q.stdout));
+  assert.equal(i.signal, 'SIGTERM');
+  assert.equal(i.signal, q.signal);
 });
