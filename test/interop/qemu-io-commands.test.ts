@@ -186,3 +186,19 @@ test('sigraise kills as qemu-io does: same output before, same signal', (t) => {
   assert.equal(i.signal, 'SIGTERM');
   assert.equal(i.signal, q.signal);
 });
+
+test('commands from stdin are prompted for as qemu-io prompts', (t) => {
+  if (!requireTools(t)) return;
+  const pair = imagePair('qcow2');
+  const input = 'write -P 3 0 4k\nread -P 3 0 4k\nnosuch\n\nlength\n';
+  const q = qemuIo(['-f', 'qcow2', pair.name], { ...qDir, input });
+  const i = qimg(['io', '-f', 'qcow2', pair.name], { ...iDir, input });
+  assert.match(q.stdout, /^qemu-io> wrote/);
+  assert.equal(noTiming(i.stdout).replaceAll('qimg> ', 'qemu-io> '), noTiming(q.stdout));
+  assert.equal(asQemu(i.stderr, 'qemu-io'), q.stderr);
+  assert.equal(i.status, q.status);
+  // quit stops reading.
+  const qq = qemuIo(['-f', 'qcow2', pair.name], { ...qDir, input: 'quit\nlength\n' });
+  const iq = qimg(['io', '-f', 'qcow2', pair.name], { ...iDir, input: 'quit\nlength\n' });
+  assert.equal(iq.stdout.replaceAll('qimg> ', 'qemu-io> '), qq.stdout);
+});

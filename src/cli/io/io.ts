@@ -138,11 +138,18 @@ export async function cmdIo(args: string[]): Promise<number> {
   }
   let failed = false;
   try {
-    const lines: AsyncIterable<string> | string[] = cmds.length > 0 ? cmds : createInterface({ input: process.stdin, terminal: false });
+    const fromStdin = cmds.length === 0;
+    const lines: AsyncIterable<string> | string[] = fromStdin ? createInterface({ input: process.stdin, terminal: false }) : cmds;
+    // Commands read from stdin are prompted for, as qemu-io does ("qemu-io> " before each, and at the end).
+    const prompt = (): void => {
+      if (fromStdin) out(`${PROG}> `);
+    };
+    prompt();
     for await (const line of lines) {
       const r = await runCommand(session, line);
       if (r === 'quit') break;
       if (r < 0) failed = true;
+      prompt();
     }
   } finally {
     // Closing writes the last metadata; a failure there is the user's data
