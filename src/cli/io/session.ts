@@ -15,7 +15,7 @@ function namesDriver(name: string): boolean {
 }
 
 /** Open `st` into the session; false after printing why not. */
-export async function openSession(s: IoSession, st: OpenSettings): Promise<boolean> {
+export async function openSession(s: IoSession, st: OpenSettings, reopen = false): Promise<boolean> {
   try {
     s.img = await openWithSettings(st, s.secrets);
   } catch (e) {
@@ -25,7 +25,7 @@ export async function openSession(s: IoSession, st: OpenSettings): Promise<boole
   s.settings = st;
   s.writethrough = flushesEachWrite(st.cache);
   const probed = st.format === undefined && !st.imageOpts && st.options.length === 0 && st.name !== undefined && !namesDriver(st.name);
-  if (!st.readOnly && !st.snapshot && probed && s.img.format === 'raw' && st.name !== undefined) err(probedRawWarning(st.name));
+  if (!reopen && !st.readOnly && !st.snapshot && probed && s.img.format === 'raw' && st.name !== undefined) err(probedRawWarning(st.name));
   return true;
 }
 
@@ -201,6 +201,8 @@ export const reopenCmd: Command = {
       return -22;
     }
     if (rw !== undefined) st.readOnly = rw === 'r';
+    // qemu lets -U ride along into a read-write reopen; it only ever relaxed read-only locks.
+    if (!st.readOnly) st.forceShare = false;
     if (st.readOnly === old.readOnly && st.cache === old.cache) return 0;
     // The temporary overlay of snapshot mode would not survive being closed.
     if (old.snapshot) {
@@ -212,9 +214,9 @@ export const reopenCmd: Command = {
       err(`${PROG}: ${failure}\n`);
       return -5;
     }
-    if (await openSession(s, st)) return 0;
+    if (await openSession(s, st, true)) return 0;
     // As a failed reopen in qemu: the image stays open as it was.
-    await openSession(s, old);
+    await openSession(s, old, true);
     return -22;
   },
 };
