@@ -60,10 +60,8 @@ export function openTargetFromOptions(opts: ReadonlyMap<string, string>, shortFo
     target.format = parseFormatName(driver);
     if (target.format === undefined) throw new ImageError('unsupported', `Unknown driver '${driver}'`);
   }
-  for (const key of ['driver', 'file.driver']) {
-    const d = opts.get(key);
-    if (d !== undefined && FOREIGN_DRIVERS.includes(d)) refuseForeign(d);
-  }
+  const format = opts.get('driver');
+  if (format !== undefined && FOREIGN_DRIVERS.includes(format)) refuseForeign(format);
   const protocol = opts.get('file.driver') ?? 'file';
   if (protocol !== 'file') throw new ImageError('unsupported', `Unknown protocol driver '${protocol}' (qimg opens files only)`);
   const path = opts.get('file.filename');
