@@ -192,3 +192,7 @@ export { zstdFrameAt, type ZstdFrame } from './block/zstd-frames.js';
 // CAST5: a provider's cipher checked before anything is derived or written; erase passes of a key slot
 export { checkCipherAvailable } from './crypto/luks.js';
 export { LUKS_ERASE_PASSES } from './crypto/luks-amend.js';
+
+// qemu-io: filename syntaxes (json:, file:) and open options (copy-on-read, discard)
+export { parseImageFilename, jsonFilenameOptions, isSyntacticFilename } from './block/open-target.js';
+export type { DiscardMode } from './block/open.js';

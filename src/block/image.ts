@@ -75,13 +75,23 @@ export class BlockImage implements Image {
   readonly backing: Image | null;
   /** The backing name exactly as recorded, and how it resolved (for info). */
   readonly backingPath: string | undefined;
+  private readonly copyOnRead: boolean;
+  private readonly discardIgnored: boolean;
+  /** The driver's cluster size, once copy-on-read has needed it. */
+  private clusterSize: number | undefined;
 
   constructor(opts: {
     driver: FormatDriver;
     filename: string;
     backing: Image | null;
     backingPath?: string;
+    /** Data read from the backing chain is written into this layer (qemu's copy-on-read). */
+    copyOnRead?: boolean;
+    /** 'ignore': discard does nothing (qemu's discard=ignore; zero writes may still unmap, as there). */
+    discard?: 'ignore' | 'unmap';
   }) {
+    this.copyOnRead = opts.copyOnRead ?? false;
+    this.discardIgnored = opts.discard === 'ignore';
     this.driver = opts.driver;
     this.format = opts.driver.format;
     this.filename = opts.filename;
@@ -174,6 +184,7 @@ export class BlockImage implements Image {
   async discard(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     if (!this.driver.writable) throw new ImageError('read-only', `Image '${this.filename}' is read-only`);
+    if (this.discardIgnored) return;
     // Discard is advisory: with a request alignment only the whole sectors inside the range go.
     const a = this.alignment;
     const start = alignUp(offset, a);
@@ -184,6 +195,7 @@ export class BlockImage implements Image {
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkRange(offset, into.length);
     let pos = 0;
+    let copy = false;
     while (pos < into.length) {
       const m = await this.driver.getMapping(offset + pos, into.length - pos);
       const part = into.subarray(pos, pos + m.length);
@@ -196,6 +208,7 @@ export class BlockImage implements Image {
           break;
         case 'unallocated':
           await this.readBacking(offset + pos, part);
+          copy = this.copyOnRead;
           break;
         case 'compressed':
           if (!this.driver.readCompressed) throw new ImageError('unsupported', 'compressed data without a decompressor');
@@ -203,6 +216,32 @@ export class BlockImage implements Image {
           break;
       }
       pos += m.length;
+    }
+    if (copy) await this.copyUp(offset, into.length);
+  }
+
+  /**
+   * Copy-on-read, as qemu does it: every cluster the read touched that this
+   * layer does not hold is written here with what the chain below reads
+   * (zeros as a zero write), so the cluster is allocated from then on.
+   */
+  private async copyUp(offset: number, length: number): Promise<void> {
+    if (!this.driver.writable) return;
+    const write = this.writer();
+    this.clusterSize ??= (await this.driver.info()).clusterSize ?? 1;
+    const cs = Math.max(this.clusterSize, this.alignment);
+    const step = Math.max(cs, 1 << 20);
+    const end = Math.min(this.size, alignUp(offset + length, cs));
+    let pos = offset - (offset % cs);
+    while (pos < end) {
+      const st = await this.driver.getMapping(pos, Math.min(step, end - pos));
+      if (st.kind === 'unallocated') {
+        const buf = new Uint8Array(st.length);
+        await this.readBacking(pos, buf);
+        if (this.driver.writeZeroes && buf.every((b) => b === 0)) await this.driver.writeZeroes(pos, buf.length, { mayUnmap: false });
+        else await write(pos, buf);
+      }
+      pos += st.length;
     }
   }
 

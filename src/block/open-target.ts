@@ -60,6 +60,8 @@ export function openTargetFromOptions(opts: ReadonlyMap<string, string>, shortFo
     target.format = parseFormatName(driver);
     if (target.format === undefined) throw new ImageError('unsupported', `Unknown driver '${driver}'`);
   }
+  const format = opts.get('driver');
+  if (format !== undefined && FOREIGN_DRIVERS.includes(format)) refuseForeign(format);
   const protocol = opts.get('file.driver') ?? 'file';
   if (protocol !== 'file') throw new ImageError('unsupported', `Unknown protocol driver '${protocol}' (qimg opens files only)`);
   const path = opts.get('file.filename');
@@ -77,3 +79,74 @@ export function openTargetFromOptions(opts: ReadonlyMap<string, string>, shortFo
   }
   return target;
 }
+
+/** A json: body's value as the option string qemu would read (true/false as on/off). */
+function scalar(key: string, v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number') return String(v);
+  if (typeof v === 'boolean') return v ? 'on' : 'off';
+  throw new ImageError('bad-argument', `Invalid parameter type for '${key}', expected: string`);
+}
+
+/** Nested objects become dotted keys ({"file":{"filename":"x"}} is file.filename=x), list items numbered keys (a.0.b). */
+function flatten(obj: Record<string, unknown> | unknown[], prefix: string, into: Map<string, string>): void {
+  for (const [k, v] of Object.entries(obj)) {
+    const key = prefix + k;
+    if (v !== null && typeof v === 'object') flatten(v as Record<string, unknown>, key + '.', into);
+    else into.set(key, scalar(key, v));
+  }
+}
+
+/**
+ * Drivers of qemu's that qimg does not have, named in a filename or an
+ * option: refused by name rather than taken for a file called "blkdebug:...".
+ */
+const FOREIGN_DRIVERS = ['blkdebug', 'blkverify', 'nbd', 'null-co', 'null-aio', 'throttle', 'copy-on-read', 'quorum', 'vvfat', 'nvme', 'ssh', 'http', 'https'];
+
+function refuseForeign(driver: string): never {
+  throw new ImageError('unsupported', `The '${driver}' block driver is not supported by qimg`);
+}
+
+/** The options of a `json:{...}` filename, dotted as qemu flattens them. */
+export function jsonFilenameOptions(name: string): Map<string, string> {
+  let body: unknown;
+  try {
+    body = JSON.parse(name.slice(5));
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    throw new ImageError('bad-argument', `Could not parse the JSON options: ${reason}`);
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ImageError('bad-argument', 'Invalid JSON object given');
+  const opts = new Map<string, string>();
+  flatten(body as Record<string, unknown>, '', opts);
+  return opts;
+}
+
+/**
+ * What a filename names, in qemu's filename syntaxes: `json:{...}` (the
+ * options of --image-opts as a JSON object, nested or dotted), `file:PATH`,
+ * or a plain path. A plain path is `{ path }` with nothing else set.
+ */
+export function parseImageFilename(name: string): OpenTarget {
+  if (name.startsWith('json:')) {
+    const opts = jsonFilenameOptions(name);
+    // {"driver":"file","filename":...}: the protocol node itself, whose bytes are the image.
+    if (opts.get('driver') === 'file') {
+      const path = opts.get('filename');
+      if (path === undefined) throw new ImageError('bad-argument', "The 'file' block driver requires a file name");
+      opts.delete('driver');
+      opts.delete('filename');
+      const rest = new Map([...opts].map(([k, v]) => ['file.' + k, v]));
+      rest.set('file.filename', path);
+      return { ...openTargetFromOptions(rest), format: 'raw' };
+    }
+    return openTargetFromOptions(opts);
+  }
+  if (name.startsWith('file:')) return { path: name.slice(5), blockOptions: {}, shortForm: [] };
+  const protocol = /^([a-z][a-z-]*):/.exec(name)?.[1];
+  if (protocol !== undefined && FOREIGN_DRIVERS.includes(protocol)) refuseForeign(protocol);
+  return { path: name, blockOptions: {}, shortForm: [] };
+}
+
+/** Whether `name` is in a syntax parseImageFilename takes apart (json:, file:, or a driver prefix it refuses). */
+export const isSyntacticFilename = (name: string): boolean => /^(json|file|blkdebug|blkverify|nbd|null-co|null-aio|throttle|copy-on-read|quorum|vvfat|nvme|ssh|https?):/.test(name);

@@ -15,7 +15,7 @@ import { dataFilePermissions, imagePermissions } from './perms.js';
 import { parseFormatName, probeStorage } from './probe.js';
 import { noTemporarySnapshots, type InternalSnapshotRef } from './snapshot.js';
 import type { CryptoProvider } from '../crypto/provider.js';
-import type { LockingMode } from './open-target.js';
+import { isSyntacticFilename, parseImageFilename, type LockingMode } from './open-target.js';
 import { secretBytes, type SecretMap } from './secrets.js';
 
 /** What the block layer needs from the host: files, paths and codecs. */
@@ -132,7 +132,20 @@ export interface OpenOptions {
    * and zstd 3). Refused for formats without compressed clusters.
    */
   compressionLevel?: number;
+  /**
+   * qemu's copy-on-read: guest data read from the backing chain is written
+   * into the top image, so later reads find it there. Needs a writable open.
+   */
+  copyOnRead?: boolean;
+  /**
+   * qemu's discard option for the top image: 'unmap' (default) passes
+   * discards to the format; 'ignore' makes discard do nothing (zero writes
+   * that may unmap still do, as in qemu).
+   */
+  discard?: DiscardMode;
 }
+
+export type DiscardMode = 'ignore' | 'unmap';
 
 /** Writes a new empty overlay image over a backing file into `storage` (snapshot mode). */
 export type OverlayCreator = (storage: Storage, o: { size: number; backingFile: string; backingFormat: ImageFormat }, codecs: Codecs) => Promise<void>;
@@ -151,10 +164,21 @@ export const DEFAULT_MAX_CHAIN_DEPTH = 64;
  * storage already in hand, see openStorageImage.
  */
 export async function openImage(path: string, opts: OpenOptions): Promise<Image> {
+  // The caller's own name may be in qemu's filename syntax (json:, file:); implicit files never are.
+  if (isSyntacticFilename(path)) return openImage(...withFilenameOptions(path, opts));
+  if (opts.copyOnRead && !opts.writable) throw new ImageError('read-only', "Can't use copy-on-read on read-only device");
   // Under snapshot mode the named image is read-only, so -U may apply to it.
   if (opts.snapshot && opts.writable) return openUnderOverlay(path, opts);
   if (opts.forceShare && opts.writable) throw new ImageError('bad-argument', 'force-share=on can only be used with read-only images');
   return openLayer(path, opts.format, opts, [], 0);
+}
+
+/** The path a json:/file: name opens, with its options merged into `opts` (the caller's own win). */
+function withFilenameOptions(name: string, opts: OpenOptions): [string, OpenOptions] {
+  const t = parseImageFilename(name);
+  if (t.readOnly && opts.writable) throw new ImageError('read-only', 'Block node is read-only');
+  const blockOptions = { ...t.blockOptions, ...opts.blockOptions };
+  return [t.path, { ...opts, format: opts.format ?? t.format, locking: opts.locking ?? t.locking, blockOptions }];
 }
 
 /** This layer's own options and what its backing file gets (the `backing.` prefix removed). */
@@ -185,7 +209,7 @@ async function openUnderOverlay(path: string, opts: OpenOptions): Promise<Image>
       await overlay.create(tmp.storage, { size: base.size, backingFile: await host.identity(path), backingFormat: base.format }, host.codecs);
       const overlayOpts = { ...opts, metadataOnly: false, forceShare: false, blockOptions: undefined, passphrase: undefined, locking: undefined };
       const driver = await openDriver(tmp.storage, overlay.format, overlayOpts, tmp.name, true);
-      return new BlockImage({ driver, filename: tmp.name, backing: base, backingPath: base.filename });
+      return new BlockImage({ driver, filename: tmp.name, backing: base, backingPath: base.filename, copyOnRead: opts.copyOnRead, discard: opts.discard });
     } catch (e) {
       await tmp.storage.close().catch(() => {});
       throw e;
@@ -241,7 +265,8 @@ async function openLayer(
       }
     }
   }
-  return new BlockImage({ driver, filename: path, backing, backingPath });
+  const top = depth === 0 ? { copyOnRead: opts.copyOnRead === true && writable, discard: opts.discard } : {};
+  return new BlockImage({ driver, filename: path, backing, backingPath, ...top });
 }
 
 async function openDriver(
