@@ -33,3 +33,8 @@ export { nodeCrypto } from './io/crypto.js';
 export { imageAccess, type ImageAccessOptions } from './node/open.js';
 // amend LUKS key slots: typed key-slot options for amendImageFile
 export type { KeyslotAmendment } from './node/amend.js';
+
+// NBD server (qemu-nbd): serve an image over NBD
+export { serveNbd, type ServeNbdOptions, type NbdServerHandle, type NbdListen } from './nbd/server.js';
+export type { TlsUpgrade as NbdTlsUpgrade } from './nbd/handshake.js';
+export { nbdTls, type NbdTlsCredentials } from './nbd/tls.js';

@@ -22,6 +22,7 @@ import { cmdResize } from './img/resize.js';
 import { cmdSnapshot } from './img/snapshot.js';
 import { cmdRebase } from './img/rebase.js';
 import { cmdIo } from './io/io.js';
+import { cmdServe } from './nbd/serve.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
 
@@ -69,6 +70,10 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
     syntax: 'rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
   },
   io: { run: cmdIo, syntax: "io [--object objectdef] [--image-opts] [-f fmt] [-r] [-U] [-c 'command']... filename" },
+  serve: {
+    run: (args) => cmdServe(args, version),
+    syntax: 'serve [-f fmt] [-b addr] [-p port] [-k socket] [-x name] [-D desc] [-r] [-s] [-l snapshot] [-t] [-e N] [-A] [-B bitmap] [--object objectdef] [--tls-creds id] [--image-opts] [--fork] [--pid-file file] filename',
+  },
 };
 
 export function version(): string {
