@@ -62,9 +62,9 @@ async function x509Upgrade(dir: string, verifyPeer: boolean, identity: string | 
   };
 }
 
-/** The subject as gnutls prints it (RFC 4514: last RDN first, comma-separated), which authz identities use. */
+/** The subject as qemu names a client (gnutls' DN: the certificate's order, comma-separated), which authz identities use. */
 function distinguishedName(cert: X509Certificate): string {
-  return cert.subject.split('\n').reverse().join(',');
+  return cert.subject.split('\n').join(',');
 }
 
 async function pskUpgrade(dir: string, identity: string | undefined): Promise<TlsUpgrade> {
