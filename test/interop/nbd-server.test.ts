@@ -113,6 +113,17 @@ test('nbdinfo --map=qemu:dirty-bitmap:NAME shows the persistent bitmap as qemu-n
     assert.equal((await runAsync('nbdinfo', [...uriArgs, tcpUri(srv)])).stdout, expected);
     assert.equal(noUri((await runAsync('nbdinfo', [tcpUri(srv)])).stdout), expectedInfo);
   });
+  // An enabled bitmap on a writable export is live: writes through the server show at once.
+  const live = join(dir, 'live.qcow2');
+  qemuImg(['create', '-q', '-f', 'qcow2', live, '8M']);
+  qemuImg(['bitmap', '--add', live, 'b1']);
+  await withServer(live, { writable: true, bitmaps: ['b1'], shared: 0 }, async (srv) => {
+    assert.equal((await runAsync('qemu-io', ['-f', 'raw', '-c', 'write 2M 64k', tcpUri(srv)])).status, 0);
+    assert.equal((await runAsync('nbdinfo', ['--map=qemu:dirty-bitmap:b1', tcpUri(srv)])).stdout, `         0     2097152    0  clean
+   2097152       65536    1  dirty
+   2162688     6225920    0  clean
+`);
+  });
   const img2 = await openImageFile(img);
   await assert.rejects(serveNbd(img2, { listen: { port: 0, host: '127.0.0.1' }, bitmaps: ['nope'] }), /Bitmap 'nope' is not found/);
   await img2.close();
