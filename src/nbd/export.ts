@@ -26,7 +26,7 @@ export interface NbdExport {
   readonly bitmaps: readonly ExportedBitmap[];
   /** The image's request alignment: INFO_BLOCK_SIZE's minimum when the client asks for block sizes. */
   readonly alignment: number;
-  /** TRIM and WRITE_ZEROES may release space (qemu's --discard=unmap). */
+  /** TRIM discards and WRITE_ZEROES may release space (qemu's --discard=unmap); otherwise TRIM does nothing. */
   readonly unmap: boolean;
   /** qemu's --detect-zeroes: all-zero writes become write-zeroes (unmap: may release space). */
   readonly detectZeroes: 'off' | 'on' | 'unmap';

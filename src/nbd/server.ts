@@ -31,7 +31,7 @@ export interface ServeNbdOptions {
   bitmaps?: readonly string[];
   /** Offer `qemu:allocation-depth` (qemu-nbd -A). */
   allocationDepth?: boolean;
-  /** qemu's --discard: 'unmap' lets TRIM and WRITE_ZEROES release space. Default 'ignore'. */
+  /** qemu's --discard: 'unmap' makes TRIM discard and lets WRITE_ZEROES release space; 'ignore' (default, as qemu-nbd) makes TRIM a no-op. */
   discard?: 'ignore' | 'unmap';
   /** qemu's --detect-zeroes. Default 'off'. */
   detectZeroes?: 'off' | 'on' | 'unmap';

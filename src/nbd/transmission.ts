@@ -131,7 +131,8 @@ async function handle(conn: Connection, exp: NbdExport, req: Request): Promise<v
       await img.flush();
       return sendOk(conn, req);
     case CMD.TRIM:
-      await img.discard(req.offset, req.length);
+      // qemu's discard=ignore (qemu-nbd's default): TRIM succeeds and changes nothing.
+      if (exp.unmap) await img.discard(req.offset, req.length);
       if (fua) await img.flush();
       return sendOk(conn, req);
     case CMD.CACHE: {

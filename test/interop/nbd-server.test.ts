@@ -137,7 +137,7 @@ test('qemu-img and qemu-io read and write through nbd:// and nbd+unix://', async
   qemuImg(['convert', '-O', 'qcow2', top, copy]);
   const sock = join(dir, 's.sock');
   const img = await openImageFile(copy, { writable: true });
-  const srv = await serveNbd(img, { listen: { path: sock }, shared: 0 });
+  const srv = await serveNbd(img, { listen: { path: sock }, shared: 0, discard: 'unmap' });
   try {
     const uri = unixUri(sock);
     const info = await runAsync('qemu-img', ['info', '--output=json', uri]);
