@@ -35,3 +35,8 @@ export { imageAccess, type ImageAccessOptions } from './node/open.js';
 export type { KeyslotAmendment } from './node/amend.js';
 // CAST5: whether OpenSSL's legacy provider (node --openssl-legacy-provider) gives this process CAST5
 export { cast5Available, legacyProviderRequested, LEGACY_PROVIDER_FLAG } from './io/cast5.js';
+
+// NBD server (qemu-nbd): serve an image over NBD
+export { serveNbd, type ServeNbdOptions, type NbdServerHandle, type NbdListen } from './nbd/server.js';
+export type { TlsUpgrade as NbdTlsUpgrade } from './nbd/handshake.js';
+export { nbdTls, type NbdTlsCredentials } from './nbd/tls.js';

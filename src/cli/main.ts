@@ -24,6 +24,7 @@ import { cmdSnapshot } from './img/snapshot.js';
 import { cmdRebase } from './img/rebase.js';
 import { cmdIo } from './io/io.js';
 import { rerunWithLegacyProvider, shouldRerun, watchOutput } from './legacy-provider.js';
+import { cmdServe } from './nbd/serve.js';
 import { getopt, UsageError } from './options.js';
 import { applyTraceOption } from './trace.js';
 import { QEMU_IMG_COMMAND_ORDER, QEMU_IO_HELP, QEMU_NBD_HELP, qemuImgHelp, splitQemuIoArgs, versionText } from './personality.js';
@@ -72,6 +73,10 @@ const COMMANDS: Record<string, { run: Handler; syntax: string }> = {
     syntax: 'rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
   },
   io: { run: cmdIo, syntax: "io [--object objectdef] [--image-opts] [-f fmt] [-r] [-U] [-c 'command']... filename" },
+  serve: {
+    run: (args) => cmdServe(args, version),
+    syntax: 'serve [-f fmt] [-b addr] [-p port] [-k socket] [-x name] [-D desc] [-r] [-s] [-l snapshot] [-t] [-e N] [-A] [-B bitmap] [--object objectdef] [--tls-creds id] [--image-opts] [--fork] [--pid-file file] filename',
+  },
 };
 
 export function version(): string {
@@ -183,8 +188,8 @@ export async function qemuIoMain(argv: string[]): Promise<number> {
   }
 }
 
-/** Started as qemu-nbd: qimg has no NBD server here, so only --help and --version answer. */
-export function qemuNbdMain(argv: string[]): number {
+/** Started as qemu-nbd: its --help and --version, otherwise `qimg serve` (qemu-nbd's options). */
+export async function qemuNbdMain(argv: string[]): Promise<number> {
   if (argv.includes('-h') || argv.includes('--help')) {
     out(QEMU_NBD_HELP);
     return 0;
@@ -193,13 +198,16 @@ export function qemuNbdMain(argv: string[]): number {
     out(versionText(PROG, version()));
     return 0;
   }
-  err(`${PROG}: serving images over NBD is not available in this qimg\n`);
-  return 1;
+  try {
+    return await cmdServe(argv, version);
+  } catch (e) {
+    return reportError(e);
+  }
 }
 
 function entry(argv: string[]): Promise<number> {
   if (PROG === 'qemu-io') return qemuIoMain(argv);
-  if (PROG === 'qemu-nbd') return Promise.resolve(qemuNbdMain(argv));
+  if (PROG === 'qemu-nbd') return qemuNbdMain(argv);
   return main(argv);
 }
 
