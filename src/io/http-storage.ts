@@ -41,6 +41,13 @@ export interface HttpStorageOptions {
   cache?: 'default' | 'no-store' | 'reload' | 'no-cache' | 'force-cache' | 'only-if-cached';
   /** The name the storage reports (default: the URL without credentials or query). */
   name?: string;
+  /** Counters to add this storage's requests into (several storages may share one); its `stats` otherwise. */
+  stats?: HttpStats;
+}
+
+/** Fresh counters, to pass as HttpStorageOptions.stats. */
+export function httpStats(): HttpStats {
+  return { requests: 0, bytes: 0, cacheHits: 0, cacheMisses: 0, retries: 0 };
 }
 
 /** What a remote read cost: kept by every HttpStorage, printed by `--debug-io` style options. */
@@ -69,7 +76,7 @@ export class HttpStorage implements Storage {
   readonly name: string;
   readonly writable = false;
   readonly url: string;
-  readonly stats: HttpStats = { requests: 0, bytes: 0, cacheHits: 0, cacheMisses: 0, retries: 0 };
+  readonly stats: HttpStats;
   private readonly opts: Required<Pick<HttpStorageOptions, 'timeout' | 'blockSize' | 'cacheBytes' | 'readahead' | 'retries' | 'maxRequestBytes'>> & HttpStorageOptions;
   private readonly fetchFn: typeof fetch;
   private readonly cache = new Map<number, Uint8Array>();
@@ -89,6 +96,7 @@ export class HttpStorage implements Storage {
     opts: HttpStorageOptions,
   ) {
     this.url = url;
+    this.stats = opts.stats ?? httpStats();
     this.name = opts.name ?? displayUrl(url);
     const blockSize = opts.blockSize ?? 256 * KiB;
     if (!Number.isInteger(Math.log2(blockSize)) || blockSize < 4 * KiB) throw new ImageError('bad-argument', 'HTTP block size must be a power of two of at least 4 KiB');
@@ -111,7 +119,7 @@ export class HttpStorage implements Storage {
    */
   static async open(url: string | URL, opts: HttpStorageOptions = {}): Promise<HttpStorage> {
     const href = String(url);
-    opts = { ...opts };
+    opts = { ...opts, stats: opts.stats ?? httpStats() };
     let parsed: URL;
     try {
       parsed = new URL(href);
@@ -132,9 +140,6 @@ export class HttpStorage implements Storage {
     const probe = new HttpStorage(href2, 0, { etag: null, lastModified: null }, opts);
     const first = await probe.request(0, probe.opts.blockSize - 1, true);
     const storage = new HttpStorage(href2, first.size, first.validators, opts);
-    storage.stats.requests = probe.stats.requests;
-    storage.stats.bytes = probe.stats.bytes;
-    storage.stats.retries = probe.stats.retries;
     if (first.body.length > 0) storage.remember(0, first.body);
     return storage;
   }
@@ -274,6 +279,8 @@ export class HttpStorage implements Storage {
   }
 
   private async requestOnce(start: number, end: number, opening: boolean): Promise<{ body: Uint8Array; size: number; validators: Validators }> {
+    // Opening errors are prefixed by the caller's "Could not open 'URL'"; later ones name the file.
+    const at = opening ? '' : `${this.name}: `;
     const signal = AbortSignal.any([AbortSignal.timeout(this.opts.timeout), this.closing.signal]);
     let res: Response;
     this.stats.requests++;
@@ -288,8 +295,8 @@ export class HttpStorage implements Storage {
       } as RequestInit;
       res = await this.fetchFn(this.url, init);
     } catch (e) {
-      if (signal.aborted && !this.closing.signal.aborted) throw new HttpError('timeout', `${this.name}: no answer within ${this.opts.timeout} ms`, { cause: e });
-      throw new HttpError('network', `${this.name}: ${networkReason(e)}`, { cause: e });
+      if (signal.aborted && !this.closing.signal.aborted) throw new HttpError('timeout', `${at}no answer within ${this.opts.timeout} ms`, { cause: e });
+      throw new HttpError('network', `${at}${networkReason(e)}`, { cause: e });
     }
     try {
       if (opening && res.status === 416) {
@@ -297,14 +304,14 @@ export class HttpStorage implements Storage {
         return { body: new Uint8Array(0), size: totalFromContentRange(res.headers.get('content-range')) ?? 0, validators: validatorsOf(res) };
       }
       if (res.status === 404 || res.status === 410) {
-        throw new HttpError('status', `${this.name}: HTTP ${res.status} ${res.statusText || 'Not Found'}`, { status: res.status, code: 'not-found' });
+        throw new HttpError('status', `${at}HTTP ${res.status} ${res.statusText || 'Not Found'}`, { status: res.status, code: 'not-found' });
       }
       if (res.status !== 206 && res.status !== 200) {
-        throw new HttpError('status', `${this.name}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`, { status: res.status });
+        throw new HttpError('status', `${at}HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`, { status: res.status });
       }
       const encoding = res.headers.get('content-encoding');
       if (encoding && encoding.toLowerCase() !== 'identity') {
-        throw new HttpError('encoded', `${this.name}: the server sent the data ${encoding}-encoded; serve the image uncompressed (for example as application/octet-stream)`);
+        throw new HttpError('encoded', `${at}the server sent the data ${encoding}-encoded; serve the image uncompressed (for example as application/octet-stream)`);
       }
       const validators = validatorsOf(res);
       if (!opening) this.checkUnchanged(validators);
@@ -312,7 +319,7 @@ export class HttpStorage implements Storage {
         // The whole file: fine for a file that fits in the first request, a refusal otherwise.
         const length = Number(res.headers.get('content-length') ?? NaN);
         if (!opening || !(length <= this.opts.blockSize)) {
-          throw new HttpError('no-range', `${this.name}: the server does not support range requests (it answered with the whole file)`);
+          throw new HttpError('no-range', `${at}the server does not support range requests (it answered with the whole file)`);
         }
         const body = await readBody(res, length);
         this.stats.bytes += body.length;
@@ -324,13 +331,13 @@ export class HttpStorage implements Storage {
         size = range?.total ?? (await this.sizeFromHead());
       }
       if (range && (range.start !== start || range.end > end)) {
-        throw new HttpError('protocol', `${this.name}: asked for bytes ${start}-${end}, the server sent ${range.start}-${range.end}`);
+        throw new HttpError('protocol', `${at}asked for bytes ${start}-${end}, the server sent ${range.start}-${range.end}`);
       }
       const expected = Math.min(end, size - 1) - start + 1;
       const body = await readBody(res, expected);
       this.stats.bytes += body.length;
       if (body.length !== expected) {
-        throw new HttpError('protocol', `${this.name}: short answer: ${body.length} of ${expected} bytes at offset ${start}`);
+        throw new HttpError('protocol', `${at}short answer: ${body.length} of ${expected} bytes at offset ${start}`);
       }
       return { body, size, validators };
     } catch (e) {
@@ -344,7 +351,7 @@ export class HttpStorage implements Storage {
     this.stats.requests++;
     const res = await this.fetchFn(this.url, { method: 'HEAD', headers: { ...this.opts.headers }, signal: AbortSignal.timeout(this.opts.timeout), credentials: this.opts.credentials });
     const n = Number(res.headers.get('content-length') ?? NaN);
-    if (!res.ok || !Number.isSafeInteger(n)) throw new HttpError('protocol', `${this.name}: the server tells neither Content-Range nor Content-Length: the size is unknown`);
+    if (!res.ok || !Number.isSafeInteger(n)) throw new HttpError('protocol', `the server tells neither Content-Range nor Content-Length: the size is unknown`);
     return n;
   }
 
@@ -399,9 +406,12 @@ async function readBody(res: Response, limit: number): Promise<Uint8Array> {
 
 /** Why fetch failed, by error code only: fetch's own messages may quote the URL. */
 function networkReason(e: unknown): string {
-  const cause = e instanceof Error && e.cause instanceof Error ? e.cause : e;
-  const code = (cause as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? `could not connect (${code})` : 'could not connect';
+  for (let c: unknown = e, depth = 0; c instanceof Error && depth < 5; depth++) {
+    const code = (c as { code?: unknown }).code;
+    if (typeof code === 'string' && !code.startsWith('UND_ERR_')) return `could not connect (${code})`;
+    c = c instanceof AggregateError && c.errors.length ? c.errors[0] : c.cause;
+  }
+  return 'could not connect';
 }
 
 function base64(bytes: Uint8Array): string {

@@ -7,7 +7,9 @@ import { mkdtemp, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import '../formats/index.js';
-import type { Host } from '../block/open.js';
+import { isRemoteName, type Host } from '../block/open.js';
+import { HttpStorage, type HttpStorageOptions } from '../io/http-storage.js';
+import type { Storage } from '../io/storage.js';
 import { CREATE_PERMISSIONS } from '../block/perms.js';
 import { ImageError, isImageError } from '../errors.js';
 import { strerror } from '../errno.js';
@@ -15,8 +17,9 @@ import { nodeCodecs } from '../io/codecs.js';
 import { nodeCrypto } from '../io/crypto.js';
 import { FileStorage } from '../io/file.js';
 
-/** qemu's path_combine: a relative backing name is relative to the image's directory. */
+/** qemu's path_combine: a relative backing name is relative to the image's directory (or URL). */
 export function resolveImplicitPath(imagePath: string, name: string): string {
+  if (isRemoteName(imagePath) && !name.includes(':')) return new URL(name, imagePath).href;
   if (isAbsolute(name) || name.includes(':')) return name;
   const dir = dirname(imagePath);
   return dir === '.' && !imagePath.startsWith('./') ? name : join(dir, name);
@@ -36,11 +39,18 @@ export async function createFileStorage(path: string): Promise<FileStorage> {
   }
 }
 
+/** A URL as a read-only HTTP range source; a writable open is refused as qemu's curl driver refuses it. */
+async function openUrl(url: string, writable: boolean, http: HttpStorageOptions | undefined): Promise<Storage> {
+  if (writable) throw new ImageError('read-only', 'http driver does not support writes');
+  return HttpStorage.open(url, http);
+}
+
 export const nodeHost: Host = {
-  openStorage: (path, { writable, unsafe, name }) => FileStorage.open(path, { writable, unsafe, name }),
+  openStorage: (path, { writable, unsafe, name, http }) => (isRemoteName(path) ? openUrl(path, writable, http) : FileStorage.open(path, { writable, unsafe, name })),
   createStorage: createFileStorage,
   resolve: resolveImplicitPath,
   identity: async (path) => {
+    if (isRemoteName(path)) return path;
     try {
       return await realpath(path);
     } catch {

@@ -133,7 +133,16 @@ test('headers go with every request and never into messages; URLs in messages lo
     const e = await HttpStorage.open(url, { headers: { Authorization: 'Bearer sekrit-token' }, retries: 0 }).catch((x: unknown) => x);
     assert.ok(e instanceof HttpError);
     assert.doesNotMatch(e.message, /sekrit|pw@|abc/);
-    assert.match(e.message, /disk\.img\?…: HTTP 500/);
+    assert.match(e.message, /^HTTP 500/);
+    // Later failures name the file, without its credentials or query.
+    srv.faults.status = undefined;
+    const later = await HttpStorage.open(url, { retries: 0, blockSize: 64 * KiB, readahead: 0 });
+    srv.faults.status = 500;
+    const e2 = await read(later, 80 * KiB, 10).catch((x: unknown) => x);
+    assert.ok(e2 instanceof HttpError);
+    assert.match(e2.message, /^http:\/\/127\.0\.0\.1:\d+\/disk\.img\?…: HTTP 500/);
+    assert.doesNotMatch(e2.message, /sekrit|pw@|abc/);
+    assert.match(srv.log.at(-1)!.authorization ?? '', /^Basic /, 'URL credentials become Basic authorization');
   } finally {
     await srv.close();
   }
