@@ -22,6 +22,12 @@ export interface RangeServerFaults {
   hideContentRange?: boolean;
   /** Status to answer with instead (e.g. 403, 404). */
   status?: number;
+  /** Apply the faults above only from this request on (0-based; default 0): a failure mid-way. */
+  from?: number;
+  /** From request `from` on, serve these bytes instead (a file replaced mid-read). */
+  changeTo?: Uint8Array;
+  /** From request `from` on, drop the connection after half the body (a truncated answer). */
+  truncate?: boolean;
 }
 
 export interface LoggedRequest {
@@ -47,11 +53,17 @@ export async function startRangeServer(body: Uint8Array, path = '/disk.img'): Pr
   const sockets = new Set<import('node:net').Socket>();
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     log.push({ method: req.method ?? '', range: req.headers.range, authorization: req.headers.authorization });
+    const active = log.length - 1 >= (faults.from ?? 0);
+    const f: RangeServerFaults = active ? faults : {};
+    if (active && faults.changeTo && data !== faults.changeTo) {
+      data = faults.changeTo;
+      version++;
+    }
     const answer = (): void => {
       if (req.url?.split('?')[0] !== path) return void res.writeHead(404).end();
-      if (faults.status) return void res.writeHead(faults.status).end();
-      if (faults.failFirst && faults.failFirst > 0) {
-        faults.failFirst--;
+      if (f.status) return void res.writeHead(f.status).end();
+      if (f.failFirst && f.failFirst > 0) {
+        faults.failFirst!--;
         return void res.writeHead(500).end('boom');
       }
       const headers: Record<string, string> = {
@@ -60,18 +72,23 @@ export async function startRangeServer(body: Uint8Array, path = '/disk.img'): Pr
         'last-modified': new Date(Date.UTC(2026, 0, version)).toUTCString(),
         'content-type': 'application/octet-stream',
       };
-      if (faults.encoded) headers['content-encoding'] = 'gzip';
+      if (f.encoded) headers['content-encoding'] = 'gzip';
       const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
       if (req.method === 'HEAD') return void res.writeHead(200, { ...headers, 'content-length': String(data.length) }).end();
-      if (!m || faults.ignoreRange) return void res.writeHead(200, { ...headers, 'content-length': String(data.length) }).end(data);
+      if (!m || f.ignoreRange) return void res.writeHead(200, { ...headers, 'content-length': String(data.length) }).end(data);
       const start = Number(m[1]);
-      if (faults.hangAt === start) return;
+      if (f.hangAt === start) return;
       if (start >= data.length) return void res.writeHead(416, { 'content-range': `bytes */${data.length}` }).end();
       const end = Math.min(m[2] ? Number(m[2]) : data.length - 1, data.length - 1);
-      if (!faults.hideContentRange) headers['content-range'] = `bytes ${start}-${end}/${data.length}`;
-      res.writeHead(206, { ...headers, 'content-length': String(end - start + 1) }).end(data.subarray(start, end + 1));
+      if (!f.hideContentRange) headers['content-range'] = `bytes ${start}-${end}/${data.length}`;
+      res.writeHead(206, { ...headers, 'content-length': String(end - start + 1) });
+      if (f.truncate) {
+        res.write(data.subarray(start, start + Math.floor((end - start + 1) / 2)));
+        return void setTimeout(() => res.socket?.destroy(), 20);
+      }
+      res.end(data.subarray(start, end + 1));
     };
-    if (faults.delayMs) setTimeout(answer, faults.delayMs);
+    if (f.delayMs) setTimeout(answer, f.delayMs);
     else answer();
   };
   const server: Server = createServer(handler);
