@@ -189,3 +189,7 @@ export type { LuksSecretSource } from './crypto/luks-amend.js';
 // compression levels (a qimg extension) and zstd frame boundaries
 export { checkCompressionLevel, parseCompressionLevel, splitCompressionLevel, withCompressionLevel, type CompressionType } from './block/compression-level.js';
 export { zstdFrameAt, type ZstdFrame } from './block/zstd-frames.js';
+// remote images: HTTP range storage
+export { HttpStorage, httpStats, type HttpStorageOptions, type HttpStats } from './io/http-storage.js';
+export { HttpError, type HttpFailure } from './io/http-errors.js';
+export { isRemoteName } from './block/open.js';
