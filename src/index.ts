@@ -196,3 +196,7 @@ export { LUKS_ERASE_PASSES } from './crypto/luks-amend.js';
 // qemu-io: filename syntaxes (json:, file:) and open options (copy-on-read, discard)
 export { parseImageFilename, jsonFilenameOptions, isSyntacticFilename } from './block/open-target.js';
 export type { DiscardMode } from './block/open.js';
+// remote images: HTTP range storage
+export { HttpStorage, httpStats, type HttpStorageOptions, type HttpStats } from './io/http-storage.js';
+export { HttpError, type HttpFailure } from './io/http-errors.js';
+export { isRemoteName } from './block/open.js';

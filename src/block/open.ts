@@ -7,6 +7,7 @@
  */
 import { ImageError } from '../errors.js';
 import type { Storage } from '../io/storage.js';
+import type { HttpStorageOptions } from '../io/http-storage.js';
 import { NO_CODECS, type Codecs } from './codecs.js';
 import type { DriverContext, FormatDriver, ImageFormat } from './driver.js';
 import { formatDescriptor } from './format.js';
@@ -21,7 +22,7 @@ import { secretBytes, type SecretMap } from './secrets.js';
 /** What the block layer needs from the host: files, paths and codecs. */
 export interface Host {
   /** `name`, when given, is what the storage reports itself as instead of `path`. */
-  openStorage(path: string, opts: { writable: boolean; unsafe?: boolean; name?: string }): Promise<Storage>;
+  openStorage(path: string, opts: { writable: boolean; unsafe?: boolean; name?: string; http?: HttpStorageOptions }): Promise<Storage>;
   /** The path of `name` as named by the image at `imagePath` (relative to its directory). */
   resolve(imagePath: string, name: string): string;
   /** A stable identity of the file behind `path`, for loop detection. */
@@ -43,11 +44,31 @@ export interface Host {
   createStorage?(path: string): Promise<Storage>;
 }
 
+/** Whether `url` lies under `prefix`: same origin, and a path that starts with the prefix's. */
+function urlUnder(url: string, prefix: string): boolean {
+  try {
+    const u = new URL(url);
+    const p = new URL(prefix);
+    return u.origin === p.origin && u.pathname.startsWith(p.pathname.endsWith('/') ? p.pathname : `${p.pathname}/`);
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a name is an http(s) URL, which hosts open as an HTTP range source. */
+export function isRemoteName(name: string): boolean {
+  return /^https?:\/\//i.test(name);
+}
+
 /**
  * Which files an image may open by itself (backing files, external data
- * files): any, none, or only files inside the given directories. Names in
- * qemu's json: or protocol syntax are never opened implicitly: they are how
- * a hostile image points qemu at devices and network resources.
+ * files): any, none, or only files inside the given directories. An
+ * http(s) URL an image names is opened under 'allow' (as qemu does), and
+ * under `allowUnder` only when an entry is a URL prefix of it (such as
+ * 'https://images.example.com/'), so an untrusted image cannot make the
+ * caller fetch from the network. Names in qemu's json: or other protocol
+ * syntaxes are never opened implicitly: they are how a hostile image points
+ * qemu at devices and network resources.
  */
 export type OpenPolicy = 'allow' | 'deny' | { allowUnder: string[] };
 
@@ -58,6 +79,14 @@ export async function checkImplicitFile(host: Host, policy: OpenPolicy, kind: 'B
   }
   const protocol = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(name)?.[1];
   let path = resolved;
+  if (isRemoteName(resolved)) {
+    // A URL (named, or relative to an image read from a URL).
+    if (policy === 'deny') throw new ImageError('policy', `${kind} '${name}' may not be opened (open policy)`);
+    if (policy !== 'allow' && !policy.allowUnder.some((prefix) => isRemoteName(prefix) && urlUnder(resolved, prefix))) {
+      throw new ImageError('policy', `${kind} '${name}' is a remote file the open policy does not allow`);
+    }
+    return resolved;
+  }
   if (protocol !== undefined && protocol !== 'file') {
     throw new ImageError('policy', `${kind} '${name}' names the protocol '${protocol}', which qimg does not open`);
   }
@@ -143,6 +172,8 @@ export interface OpenOptions {
    * that may unmap still do, as in qemu).
    */
   discard?: DiscardMode;
+  /** How http(s) URLs (named by the caller, or by an image where the policy allows) are read: headers, timeout, cache and read-ahead sizes, and a stats object to count requests in. */
+  http?: HttpStorageOptions;
 }
 
 export type DiscardMode = 'ignore' | 'unmap';
@@ -234,7 +265,7 @@ async function openLayer(
   if (seen.includes(id)) throw new ImageError('invalid', `Backing file '${path}' creates an infinite loop.`);
 
   const writable = depth === 0 && (opts.writable ?? false);
-  const storage = await host.openStorage(path, { writable, unsafe: depth === 0 && opts.unsafe === true });
+  const storage = await host.openStorage(path, { writable, unsafe: depth === 0 && opts.unsafe === true, http: opts.http });
   let driver: FormatDriver;
   try {
     driver = await openDriver(storage, format, opts, path, writable);
@@ -309,7 +340,7 @@ async function openDriver(
       const resolved = await checkImplicitFile(opts.host, opts.policy ?? 'allow', 'Data file', name, opts.host.resolve(path, name));
       // qemu names the data file's node by the name the image records (it
       // opens that name as given), and qemu-img map prints that name.
-      const data = await opts.host.openStorage(resolved, { writable, name: name.replace(/^file:/, '') });
+      const data = await opts.host.openStorage(resolved, { writable, name: name.replace(/^file:/, ''), http: opts.http });
       try {
         await data.setPermissions?.(dataFilePermissions(req));
       } catch (e) {

@@ -7,7 +7,7 @@ import { parseFormatName, probeStorage } from '../block/probe.js';
 import { strerror } from '../errno.js';
 import { ImageError, isImageError } from '../errors.js';
 import { dropsFlushes, type CacheMode } from '../io/cache.js';
-import { FileStorage } from '../io/file.js';
+import { nodeHost } from './host.js';
 import type { Storage } from '../io/storage.js';
 import type { OperationOptions } from '../ops/operation.js';
 import { throwIfAborted } from '../ops/operation.js';
@@ -49,7 +49,7 @@ export async function checkImageFile(path: string, opts: CheckFileOptions = {}):
   let storage: Storage;
   try {
     // Repairs flush as they go (and as qemu's driver does); cache=unsafe drops those flushes as qemu does.
-    storage = await FileStorage.open(path, { writable: repair !== 'none', unsafe: dropsFlushes(opts.cache ?? 'writeback') });
+    storage = await nodeHost.openStorage(path, { writable: repair !== 'none', unsafe: dropsFlushes(opts.cache ?? 'writeback') });
   } catch (e) {
     throw couldNotOpen(path, e);
   }

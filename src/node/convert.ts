@@ -117,6 +117,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
   let storage: Storage | undefined;
   let image: Image | undefined;
   let created = false;
+  let sourceFailed = false;
   try {
     if (typeof opts.sourceSnapshot === 'string' && srcPaths.length > 1) throw bad('No support for concatenating multiple snapshot');
     for (const [i, p] of srcPaths.entries()) images.push(await openSource(p, opts, i === 0 ? opts.sourceSnapshot : undefined));
@@ -217,6 +218,7 @@ export async function convertImageFile(sources: string | readonly string[], outp
       });
     } catch (e) {
       if (isImageError(e, 'aborted')) throw e;
+      sourceFailed = e instanceof ConvertError && e.op === 'reading';
       throw new ImageError(isImageError(e) ? e.code : 'io', e instanceof ConvertError ? e.message : `error while converting: ${messageOf(e)}`, { cause: e });
     }
     if (opts.bitmaps && image) await copyBitmaps(images[0]!, image, opts.skipBrokenBitmaps ?? false, opts.onWarning ?? (() => {}));
@@ -240,6 +242,10 @@ export async function convertImageFile(sources: string | readonly string[], outp
       await rm(output, { force: true }).catch(() => {});
       throw isImageError(e, 'aborted') ? e : abortError(opts.signal);
     }
+    // Nor does one whose source failed (a remote server gone mid-way): its
+    // output would pass for a whole image. (qemu-img leaves it; a failed
+    // write, such as a full disk, leaves the output as qemu-img does.)
+    if (created && sourceFailed) await rm(output, { force: true }).catch(() => {});
     throw e;
   } finally {
     await storage?.close().catch(() => {});

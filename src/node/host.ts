@@ -7,7 +7,9 @@ import { mkdtemp, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import '../formats/index.js';
-import type { Host } from '../block/open.js';
+import { isRemoteName, type Host } from '../block/open.js';
+import { HttpStorage, type HttpStorageOptions } from '../io/http-storage.js';
+import type { Storage } from '../io/storage.js';
 import { CREATE_PERMISSIONS } from '../block/perms.js';
 import { ImageError, isImageError } from '../errors.js';
 import { strerror } from '../errno.js';
@@ -26,6 +28,8 @@ export function hasProtocolPrefix(name: string): boolean {
  * directory, joined as text (`dir/./b` stays so; qemu prints it that way).
  */
 export function resolveImplicitPath(imagePath: string, name: string): string {
+  // Relative to an image read from a URL: a URL (qemu's curl driver does the same).
+  if (isRemoteName(imagePath) && !hasProtocolPrefix(name)) return new URL(name, imagePath).href;
   if (isAbsolute(name) || hasProtocolPrefix(name)) return name;
   const slash = imagePath.lastIndexOf('/');
   return slash < 0 ? name : imagePath.slice(0, slash + 1) + name;
@@ -45,11 +49,18 @@ export async function createFileStorage(path: string): Promise<FileStorage> {
   }
 }
 
+/** A URL as a read-only HTTP range source; a writable open is refused as qemu's curl driver refuses it. */
+async function openUrl(url: string, writable: boolean, http: HttpStorageOptions | undefined): Promise<Storage> {
+  if (writable) throw new ImageError('read-only', 'http driver does not support writes');
+  return HttpStorage.open(url, http);
+}
+
 export const nodeHost: Host = {
-  openStorage: (path, { writable, unsafe, name }) => FileStorage.open(path, { writable, unsafe, name }),
+  openStorage: (path, { writable, unsafe, name, http }) => (isRemoteName(path) ? openUrl(path, writable, http) : FileStorage.open(path, { writable, unsafe, name })),
   createStorage: createFileStorage,
   resolve: resolveImplicitPath,
   identity: async (path) => {
+    if (isRemoteName(path)) return path;
     try {
       return await realpath(path);
     } catch {

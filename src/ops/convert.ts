@@ -81,7 +81,12 @@ const MiB = 1024 * 1024;
 
 /** A failed read or write, with qemu-img's wording ("error while reading at byte N: ..."). */
 export class ConvertError extends ImageError {
-  constructor(op: 'reading' | 'writing', offset: number, cause: unknown) {
+  constructor(
+    /** Whether a source read or a target write failed. */
+    readonly op: 'reading' | 'writing',
+    offset: number,
+    cause: unknown,
+  ) {
     super(isImageError(cause) ? cause.code : 'io', `error while ${op} at byte ${offset}: ${cause instanceof Error ? cause.message : String(cause)}`, {
       cause,
       errno: isImageError(cause) ? cause.errno : undefined,
