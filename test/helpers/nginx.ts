@@ -64,6 +64,9 @@ http {
   uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
   default_type application/octet-stream;
   sendfile on;
+  # qemu's curl driver stalls on kept-alive connections to nginx (a request waits out its
+  # timeout now and then); one connection per request keeps both tools going.
+  keepalive_timeout 0;
   server {
     listen 127.0.0.1:${port};
     root ${root};
