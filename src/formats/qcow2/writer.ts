@@ -372,14 +372,19 @@ export class Qcow2Writer {
   private async zeroPartial(start: number, end: number): Promise<void> {
     if (end <= start) return;
     const unit = this.subSize;
+    const cs = this.clusterSize;
     const uStart = alignDown(start, unit);
     const uEnd = Math.min(uStart + unit, this.cfg.size);
-    const run = await this.cfg.mapper.lookup(uStart, uEnd - uStart);
-    const zeroable = run.length === uEnd - uStart && (run.type === Sub.UNALLOCATED_PLAIN || run.type === Sub.UNALLOCATED_ALLOC || run.type === Sub.ZERO_PLAIN || run.type === Sub.ZERO_ALLOC);
-    if (zeroable && (await this.readsZero(uStart, start)) && (await this.readsZero(end, uEnd))) {
-      return this.zeroAligned(uStart, uEnd, false);
-    }
-    await this.writeZeroBuffers(start, end - start);
+    // The check and the zero flag go under one hold of the cluster's range:
+    // a write elsewhere in the unit landing between them would be wiped out.
+    const fallback = await this.ranges.run(alignDown(uStart, cs), alignUp(uEnd, cs), async () => {
+      const run = await this.cfg.mapper.lookup(uStart, uEnd - uStart);
+      const zeroable = run.length === uEnd - uStart && (run.type === Sub.UNALLOCATED_PLAIN || run.type === Sub.UNALLOCATED_ALLOC || run.type === Sub.ZERO_PLAIN || run.type === Sub.ZERO_ALLOC);
+      if (zeroable && (await this.readsZero(uStart, start)) && (await this.readsZero(end, uEnd))) return this.zeroAlignedHeld(uStart, uEnd, false);
+      return null;
+    });
+    if (fallback === null) return this.writeZeroBuffers(start, end - start);
+    for (const [a, b] of fallback) await this.writeZeroBuffers(a, b - a);
   }
 
   private async readsZero(start: number, end: number): Promise<boolean> {
@@ -398,48 +403,57 @@ export class Qcow2Writer {
 
   private async zeroAligned(start: number, end: number, mayUnmap: boolean): Promise<void> {
     const cs = this.clusterSize;
+    const fallback = await this.ranges.run(alignDown(start, cs), alignUp(end, cs), () => this.zeroAlignedHeld(start, end, mayUnmap));
+    for (const [a, b] of fallback) await this.writeZeroBuffers(a, b - a);
+  }
+
+  /**
+   * zeroAligned's work, with the range of [start, end)'s clusters held.
+   * Returns the pieces to write as zero bytes instead (subclusters of a
+   * compressed cluster), which the caller writes once the range is free.
+   */
+  private async zeroAlignedHeld(start: number, end: number, mayUnmap: boolean): Promise<Array<[number, number]>> {
+    const cs = this.clusterSize;
     if (this.cfg.dataFileRaw) await this.zeroDataFile(start, end);
     const fallback: Array<[number, number]> = [];
-    await this.ranges.run(alignDown(start, cs), alignUp(end, cs), () =>
-      this.meta.run(async () => {
-        for (let g = alignDown(start, cs); g < end; g += cs) {
-          const old = await this.entry(g);
-          const e: Entry = { ...old };
-          const type = clusterType(old.hi, old.lo, this.cfg.extL2, this.cfg.hasDataFile);
-          const whole = g >= start && (g + cs <= end || end === this.cfg.size);
-          if (this.cfg.extL2 && !whole) {
-            if (type === Cluster.COMPRESSED) {
-              // Subclusters of a compressed cluster cannot be zeroed alone: write zeros.
-              fallback.push([Math.max(start, g), Math.min(end, g + cs)]);
-              continue;
-            }
-            const a = (Math.max(start, g) - g) / this.subSize;
-            const b = Math.ceil((Math.min(end, g + cs) - g) / this.subSize);
-            const bits = rangeBits(a, b);
-            e.zeroBits = (e.zeroBits | bits) >>> 0;
-            e.allocBits = (e.allocBits & ~bits) >>> 0;
-          } else {
-            const allocated = type === Cluster.NORMAL || type === Cluster.ZERO_ALLOC || type === Cluster.COMPRESSED;
-            const unmap = type === Cluster.COMPRESSED || (mayUnmap && allocated);
-            if (unmap) {
-              e.hi = 0;
-              e.lo = 0;
-            }
-            if (this.cfg.extL2) {
-              e.zeroBits = ALL_SUBCLUSTERS;
-              e.allocBits = 0;
-            } else {
-              e.lo = (e.lo | C.OFLAG_ZERO_LO) >>> 0;
-            }
-            if (sameEntry(old, e)) continue;
-            if (unmap) this.releaseOld(old);
+    await this.meta.run(async () => {
+      for (let g = alignDown(start, cs); g < end; g += cs) {
+        const old = await this.entry(g);
+        const e: Entry = { ...old };
+        const type = clusterType(old.hi, old.lo, this.cfg.extL2, this.cfg.hasDataFile);
+        const whole = g >= start && (g + cs <= end || end === this.cfg.size);
+        if (this.cfg.extL2 && !whole) {
+          if (type === Cluster.COMPRESSED) {
+            // Subclusters of a compressed cluster cannot be zeroed alone: write zeros.
+            fallback.push([Math.max(start, g), Math.min(end, g + cs)]);
+            continue;
           }
-          if (!sameEntry(old, e)) await this.setEntry(g, e);
+          const a = (Math.max(start, g) - g) / this.subSize;
+          const b = Math.ceil((Math.min(end, g + cs) - g) / this.subSize);
+          const bits = rangeBits(a, b);
+          e.zeroBits = (e.zeroBits | bits) >>> 0;
+          e.allocBits = (e.allocBits & ~bits) >>> 0;
+        } else {
+          const allocated = type === Cluster.NORMAL || type === Cluster.ZERO_ALLOC || type === Cluster.COMPRESSED;
+          const unmap = type === Cluster.COMPRESSED || (mayUnmap && allocated);
+          if (unmap) {
+            e.hi = 0;
+            e.lo = 0;
+          }
+          if (this.cfg.extL2) {
+            e.zeroBits = ALL_SUBCLUSTERS;
+            e.allocBits = 0;
+          } else {
+            e.lo = (e.lo | C.OFLAG_ZERO_LO) >>> 0;
+          }
+          if (sameEntry(old, e)) continue;
+          if (unmap) this.releaseOld(old);
         }
-        await this.relieveCachePressure();
-      }),
-    );
-    for (const [a, b] of fallback) await this.writeZeroBuffers(a, b - a);
+        if (!sameEntry(old, e)) await this.setEntry(g, e);
+      }
+      await this.relieveCachePressure();
+    });
+    return fallback;
   }
 
   /** A raw external data file must read as the guest does: zero it there too. */
