@@ -100,8 +100,9 @@ function flatten(obj: Record<string, unknown> | unknown[], prefix: string, into:
 /**
  * Drivers of qemu's that qimg does not have, named in a filename or an
  * option: refused by name rather than taken for a file called "blkdebug:...".
+ * (http and https URLs are read by the host as HTTP range sources.)
  */
-const FOREIGN_DRIVERS = ['blkdebug', 'blkverify', 'nbd', 'null-co', 'null-aio', 'throttle', 'copy-on-read', 'quorum', 'vvfat', 'nvme', 'ssh', 'http', 'https'];
+const FOREIGN_DRIVERS = ['blkdebug', 'blkverify', 'nbd', 'null-co', 'null-aio', 'throttle', 'copy-on-read', 'quorum', 'vvfat', 'nvme', 'ssh'];
 
 function refuseForeign(driver: string): never {
   throw new ImageError('unsupported', `The '${driver}' block driver is not supported by qimg`);
@@ -149,4 +150,4 @@ export function parseImageFilename(name: string): OpenTarget {
 }
 
 /** Whether `name` is in a syntax parseImageFilename takes apart (json:, file:, or a driver prefix it refuses). */
-export const isSyntacticFilename = (name: string): boolean => /^(json|file|blkdebug|blkverify|nbd|null-co|null-aio|throttle|copy-on-read|quorum|vvfat|nvme|ssh|https?):/.test(name);
+export const isSyntacticFilename = (name: string): boolean => /^(json|file|blkdebug|blkverify|nbd|null-co|null-aio|throttle|copy-on-read|quorum|vvfat|nvme|ssh):/.test(name);
