@@ -52,10 +52,12 @@ test('convert -c at every level: qemu-img reads each, and stronger levels are sm
     const [weakest, strongest] = [levels[0], levels.at(-1)!];
     assert.ok(size.get(strongest)! < size.get(weakest)!, `${type}: level ${strongest} (${size.get(strongest)}) < level ${weakest} (${size.get(weakest)})`);
   }
-  // Without a level, qemu's defaults: the same size as level 6 (zlib) gives.
+  // Without a level, qemu's default (zlib 6). Payloads are packed in the order compressions finish,
+  // so the file size varies by a few bytes of sector padding from run to run: compare closely.
   const dflt = join(dir, 'default.qcow2');
   assert.equal(qimg(['convert', '-c', '-O', 'qcow2', src, dflt]).status, 0);
-  assert.equal(statSync(dflt).size, statSync(join(dir, 'zlib6.qcow2')).size);
+  const [d, six, one] = [dflt, join(dir, 'zlib6.qcow2'), join(dir, 'zlib1.qcow2')].map((p) => statSync(p).size) as [number, number, number];
+  assert.ok(Math.abs(d - six) < six * 0.005 && Math.abs(d - six) < Math.abs(d - one), `default ${d}, level 6 ${six}, level 1 ${one}`);
 });
 
 test('convert -c to a pipe and -n into an existing image take the level too', (t) => {
