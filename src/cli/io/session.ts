@@ -4,6 +4,7 @@ import { err, messageOf, out, PROG, probedRawWarning, strerror } from '../common
 import { cmdGetopt, usage, type Command, type IoSession } from './command.js';
 import { cantOpen, defaultSettings, openWithSettings, parseAioMode, parseDiscardMode, type OpenSettings } from './open-settings.js';
 import { flushesEachWrite } from '../../node.js';
+import { shouldRerun } from '../legacy-provider.js';
 
 /** A json: filename with a driver key: the format is named, not probed. */
 function namesDriver(name: string): boolean {
@@ -19,6 +20,8 @@ export async function openSession(s: IoSession, st: OpenSettings, reopen = false
   try {
     s.img = await openWithSettings(st, s.secrets);
   } catch (e) {
+    // CAST5 without OpenSSL's legacy provider: the command runs again with it (cli/legacy-provider.ts).
+    if (shouldRerun(e)) throw e;
     err(`${PROG}: ${cantOpen(st)}: ${messageOf(e)}\n`);
     return false;
   }
