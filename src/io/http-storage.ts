@@ -75,6 +75,7 @@ const MiB = 1024 * KiB;
 export class HttpStorage implements Storage {
   readonly name: string;
   readonly writable = false;
+  readonly noBlockInfo = true;
   readonly url: string;
   readonly stats: HttpStats;
   private readonly opts: Required<Pick<HttpStorageOptions, 'timeout' | 'blockSize' | 'cacheBytes' | 'readahead' | 'retries' | 'maxRequestBytes'>> & HttpStorageOptions;

@@ -22,6 +22,12 @@ export interface Storage {
   truncate(size: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * The storage answers no block-level info (qemu's curl driver has no
+   * bdrv_get_info): a format that forwards info to it (raw) reports no dirty
+   * flag, as qemu-img info shows for a raw image read over HTTP.
+   */
+  readonly noBlockInfo?: boolean;
   /** Bytes the host really allocates (qemu-img's "disk size"), if known. */
   allocatedSize?(): Promise<number | undefined>;
   /**

@@ -1,5 +1,5 @@
 /** qemu-img info, as QEMU 7.2 prints it (ImageInfo, no child nodes). */
-import { parseOpenTarget, type ImageInfo, type OpenTarget, type SnapshotInfo } from '../../node.js';
+import { isRemoteName, parseOpenTarget, type ImageInfo, type OpenTarget, type SnapshotInfo } from '../../node.js';
 import { checkImageOptsFormat, CliError, openCli, out, outputFormat, type ImageAccess } from '../common.js';
 import { ObjectStore } from '../objects.js';
 import { sizeToStr } from '../format.js';
@@ -24,7 +24,7 @@ export async function imageInfo(path: string, format: string | undefined, forceS
     const info = await img.info();
     if (access.imageOpts) info.filename = nodeName(parseOpenTarget(path), img.format);
     // qemu-img 7.2 reports dirty-flag for every format whose driver answers bdrv_get_info.
-    if (info['dirty-flag'] === undefined) info['dirty-flag'] = false;
+    if (info['dirty-flag'] === undefined && !isRemoteName(info.filename)) info['dirty-flag'] = false;
     return info;
   } finally {
     await img.close();

@@ -81,8 +81,8 @@ export class RawDriver implements FormatDriver {
   }
 
   async info(): Promise<DriverInfo> {
-    // qemu-img 7.2 prints dirty-flag false for raw images too.
-    return { dirty: false };
+    // qemu-img 7.2 prints dirty-flag false for raw images too, where the protocol answers (not over HTTP).
+    return this.storage.noBlockInfo ? {} : { dirty: false };
   }
 
   async flush(): Promise<void> {
