@@ -30,8 +30,8 @@ const random = (n: number, seed = 7): Uint8Array => {
   return b;
 };
 
-writeFileSync(join(dir, 'a.raw'), random(1 << 20));
-writeFileSync(join(dir, 'b.raw'), random(2 << 20, 3));
+writeFileSync(join(dir, 'a.raw'), random(4 << 20));
+writeFileSync(join(dir, 'b.raw'), random(4 << 20, 3));
 qimg(['create', '-q', '-f', 'qcow2', 'a.qcow2', '1M'], opts);
 
 /** Runs qimg and, when qemu-img is installed, checks it answers the same. */
@@ -108,7 +108,7 @@ test('convert -t: unsafe never flushes, writeback flushes once, writethrough aft
   const directsync = syncCalls(['convert', '-f', 'raw', '-t', 'directsync', '-O', 'qcow2', 'a.raw', 'o.qcow2'])!;
   assert.equal(unsafe, 0);
   assert.equal(writeback, 1);
-  // 1 MiB of data goes out in two 512 KiB writes, each flushed; the final flush then finds
+  // 4 MiB of data goes out in two 2 MiB writes, each flushed; the final flush then finds
   // nothing unsynced (the file storage skips a sync with no write since the last one).
   assert.ok(writethrough >= 2 && writethrough > writeback, `writethrough: ${writethrough} flushes`);
   assert.ok(directsync >= 2 && directsync > writeback, `directsync: ${directsync} flushes`);
@@ -137,7 +137,7 @@ test('convert -r limits the write rate', () => {
   const ms = Date.now() - t0;
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(readFileSync(join(dir, 'r.raw')), readFileSync(join(dir, 'b.raw')));
-  // 2 MiB at 1 MiB/s: everything past the first request and the burst allowance waits (qemu-img: ~1 s).
+  // 4 MiB at 1 MiB/s: everything past the first request and the burst allowance waits (qemu-img: ~3 s).
   assert.ok(ms >= 1000, `took ${ms} ms`);
 });
 
